@@ -1,4 +1,7 @@
-"""A vLLM-compatible engine simulator: same API, metrics, block hashing and KV events, with a calibrated latency model."""
+"""A vLLM-compatible engine simulator.
+
+Same API, metrics, block hashing and KV events as vLLM, with a calibrated latency model.
+"""
 
 from importlib.metadata import version as _version
 

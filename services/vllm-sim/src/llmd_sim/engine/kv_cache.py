@@ -1,0 +1,484 @@
+"""vLLM v1's KV block manager: block pool, prefix cache, LRU eviction and KV events.
+
+Semantics carried over from vLLM (``vllm/v1/core/block_pool.py``, ``kv_cache_manager.py``):
+
+- ``num_gpu_blocks`` blocks of ``block_size`` tokens; block 0 is the reserved null block, so
+  ``num_gpu_blocks - 1`` are usable and ``kv_cache_usage = 1 - free / (num_gpu_blocks - 1)``.
+- Blocks are reference counted. A block whose count drops to 0 goes to the tail of the free
+  queue but keeps its hash: it stays a prefix-cache hit until it is reallocated. New blocks come
+  from the head of the queue (least recently freed first); taking a block that still has a hash
+  evicts it from the prefix cache and emits ``BlockRemoved``.
+- A request frees its blocks in reverse order, so the tail of a sequence is evicted before its
+  head.
+- A block is hashed and cached (``BlockStored``) in the scheduling step that fills it, whether the
+  tokens come from the prompt or from decoding. A cache hit is capped so that at least one prompt
+  token is always computed.
+- ``reset`` clears the prefix cache only when no block is in use (``AllBlocksCleared``).
+
+Optional CPU tier: blocks evicted from the GPU are kept in a bounded LRU on the "CPU" medium
+(``BlockStored``/``BlockRemoved`` with ``medium="CPU"``); a prefix that continues there is loaded
+back instead of recomputed, and the engine charges the load time.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from llmd_sdk.kvcache.events import (
+    MEDIUM_CPU,
+    MEDIUM_GPU,
+    AllBlocksCleared,
+    BlockRemoved,
+    BlockStored,
+)
+from llmd_sdk.kvcache.hashing import to_external
+
+from llmd_sim.engine.request import BlockHash, Request
+
+KVEvent = BlockStored | BlockRemoved | AllBlocksCleared
+
+
+class Hasher(Protocol):
+    """What the KV manager needs from a block hasher (`llmd_sdk.kvcache.hashing.BlockHasher`)."""
+
+    block_size: int
+
+    def hash_tokens(
+        self,
+        token_ids: Sequence[int],
+        *,
+        lora_name: str | None = None,
+        lora_path: str | None = None,
+        cache_salt: str | None = None,
+        parent: Any = None,
+        start_block: int = 0,
+    ) -> list[Any]: ...
+
+    def extra_keys(
+        self,
+        block_index: int,
+        lora_name: str | None = None,
+        lora_path: str | None = None,
+        cache_salt: str | None = None,
+    ) -> tuple[Any, ...] | None: ...
+
+
+class FastBlockHasher:
+    """A cheap deterministic hasher for discrete-event runs (not vLLM's hash).
+
+    Chains Python's tuple hash over ints, which is stable across processes. Use
+    `llmd_sdk.kvcache.hashing.BlockHasher` wherever hashes leave the process.
+    """
+
+    __slots__ = ("block_size",)
+
+    def __init__(self, block_size: int = 16) -> None:
+        self.block_size = block_size
+
+    def hash_tokens(
+        self,
+        token_ids: Sequence[int],
+        *,
+        lora_name: str | None = None,
+        lora_path: str | None = None,
+        cache_salt: str | None = None,
+        parent: Any = None,
+        start_block: int = 0,
+    ) -> list[Any]:
+        bs = self.block_size
+        prev = parent if parent is not None else 0
+        salt = hash((lora_name, cache_salt)) if (lora_name or cache_salt) else 0
+        out: list[Any] = []
+        for i in range(len(token_ids) // bs):
+            keyed = salt if (lora_name or i + start_block == 0) else 0
+            prev = hash((prev, keyed, *token_ids[i * bs : (i + 1) * bs]))
+            out.append(prev)
+        return out
+
+    def extra_keys(
+        self,
+        block_index: int,
+        lora_name: str | None = None,
+        lora_path: str | None = None,
+        cache_salt: str | None = None,
+    ) -> tuple[Any, ...] | None:
+        return None
+
+
+@dataclass(slots=True)
+class PrefixCacheStats:
+    """Counters in tokens, as vLLM's `vllm:prefix_cache_queries` / `_hits` count them."""
+
+    queries: int = 0
+    hits: int = 0
+    external_queries: int = 0
+    external_hits: int = 0
+    preempted_queries: int = 0
+    preempted_hits: int = 0
+
+
+@dataclass(slots=True)
+class _CpuEntry:
+    parent: BlockHash | None
+    token_ids: list[int]
+    lora_id: int | None
+    lora_name: str | None
+    extra: tuple[Any, ...] | None
+
+
+@dataclass(slots=True)
+class ComputedBlocks:
+    """The result of a prefix lookup: GPU hits, then blocks to load from the CPU tier."""
+
+    gpu_blocks: list[int] = field(default_factory=list)
+    cpu_hashes: list[BlockHash] = field(default_factory=list)
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.gpu_blocks) + len(self.cpu_hashes)
+
+
+class KVCacheManager:
+    """Blocks, reference counts, the prefix cache, the free LRU and the KV-event log."""
+
+    def __init__(
+        self,
+        num_gpu_blocks: int,
+        hasher: Hasher,
+        *,
+        enable_prefix_caching: bool = True,
+        enable_events: bool = False,
+        use_int_hashes: bool = False,
+        cpu_blocks: int = 0,
+        event_sink: Callable[[KVEvent], None] | None = None,
+    ) -> None:
+        if num_gpu_blocks < 2:
+            raise ValueError(f"num_gpu_blocks: must be at least 2, got {num_gpu_blocks}")
+        self.num_gpu_blocks = num_gpu_blocks
+        self.block_size = hasher.block_size
+        self.hasher = hasher
+        self.enable_prefix_caching = enable_prefix_caching
+        self.enable_events = enable_events
+        self.use_int_hashes = use_int_hashes
+        # Block 0 is vLLM's null block: never allocated.
+        self.ref_cnt = [0] * num_gpu_blocks
+        self.block_hash: list[BlockHash | None] = [None] * num_gpu_blocks
+        self.block_meta: list[_CpuEntry | None] = [None] * num_gpu_blocks
+        self.free: OrderedDict[int, None] = OrderedDict.fromkeys(range(1, num_gpu_blocks))
+        self.cached: dict[BlockHash, int] = {}
+        self._dups: dict[BlockHash, list[int]] = {}
+        self.cpu_capacity = cpu_blocks
+        self.cpu: OrderedDict[BlockHash, _CpuEntry] = OrderedDict()
+        self.events: list[KVEvent] = []
+        self._sink = event_sink
+        self.stats = PrefixCacheStats()
+
+    # ----- accounting -------------------------------------------------------------------------
+    @property
+    def num_usable_blocks(self) -> int:
+        return self.num_gpu_blocks - 1
+
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self.free)
+
+    @property
+    def usage(self) -> float:
+        return 1.0 - len(self.free) / (self.num_gpu_blocks - 1)
+
+    def take_events(self) -> list[KVEvent]:
+        events, self.events = self.events, []
+        return events
+
+    def _emit(self, event: KVEvent) -> None:
+        if self._sink is not None:
+            self._sink(event)
+        else:
+            self.events.append(event)
+
+    def _ext(self, h: BlockHash) -> BlockHash:
+        return to_external(h, self.use_int_hashes) if isinstance(h, bytes) else h
+
+    # ----- hashing ----------------------------------------------------------------------------
+    def ensure_hashes(self, req: Request, num_blocks: int) -> list[BlockHash]:
+        """Hashes of the first `num_blocks` full blocks of `req`'s known tokens (memoised)."""
+        have = len(req.block_hashes)
+        if have < num_blocks:
+            bs = self.block_size
+            lora = req.lora
+            req.block_hashes.extend(
+                self.hasher.hash_tokens(
+                    req.tokens[have * bs : num_blocks * bs],
+                    lora_name=lora.name if lora else None,
+                    lora_path=lora.path if lora else None,
+                    cache_salt=req.cache_salt,
+                    parent=req.block_hashes[-1] if have else None,
+                    start_block=have,
+                )
+            )
+        return req.block_hashes
+
+    # ----- prefix lookup ----------------------------------------------------------------------
+    def get_computed_blocks(self, req: Request, num_tokens: int) -> ComputedBlocks:
+        """The longest cached prefix of `req` (GPU, then CPU), leaving one token to compute."""
+        result = ComputedBlocks()
+        if not self.enable_prefix_caching:
+            return result
+        max_blocks = (num_tokens - 1) // self.block_size
+        if max_blocks <= 0:
+            return result
+        hashes = self.ensure_hashes(req, max_blocks)
+        cached = self.cached
+        gpu = result.gpu_blocks
+        i = 0
+        while i < max_blocks:
+            b = cached.get(hashes[i])
+            if b is None:
+                break
+            gpu.append(b)
+            i += 1
+        if self.cpu_capacity and i < max_blocks:
+            cpu = self.cpu
+            while i < max_blocks and hashes[i] in cpu:
+                result.cpu_hashes.append(hashes[i])
+                i += 1
+        return result
+
+    def record_query(self, req: Request, num_tokens: int, computed: ComputedBlocks) -> None:
+        bs = self.block_size
+        if req.num_preemptions:
+            self.stats.preempted_queries += num_tokens
+            self.stats.preempted_hits += len(computed.gpu_blocks) * bs
+        self.stats.queries += num_tokens
+        self.stats.hits += len(computed.gpu_blocks) * bs
+        if self.cpu_capacity:
+            self.stats.external_queries += num_tokens - len(computed.gpu_blocks) * bs
+            self.stats.external_hits += len(computed.cpu_hashes) * bs
+
+    # ----- allocation -------------------------------------------------------------------------
+    def can_allocate(self, req: Request, num_tokens: int, computed: ComputedBlocks) -> bool:
+        need = -(-num_tokens // self.block_size) - len(req.blocks) - len(computed.gpu_blocks)
+        ref = self.ref_cnt
+        touched_free = sum(1 for b in computed.gpu_blocks if ref[b] == 0)
+        return need <= len(self.free) - touched_free
+
+    def allocate_slots(
+        self,
+        req: Request,
+        num_new_tokens: int,
+        computed: ComputedBlocks | None = None,
+        *,
+        cache: bool = True,
+    ) -> bool:
+        """Give `req` slots for `num_new_tokens` more tokens (after any `computed` prefix).
+
+        Returns False, changing nothing, when the free blocks do not suffice.
+        """
+        bs = self.block_size
+        n_hit = computed.num_blocks if computed else 0
+        total = req.num_computed_tokens + n_hit * bs + num_new_tokens
+        have = len(req.blocks) + (len(computed.gpu_blocks) if computed else 0)
+        need = -(-total // bs) - have
+        ref = self.ref_cnt
+        free = self.free
+        if computed and computed.gpu_blocks:
+            touched_free = sum(1 for b in computed.gpu_blocks if ref[b] == 0)
+            if need > len(free) - touched_free:
+                return False
+            for b in computed.gpu_blocks:
+                if ref[b] == 0:
+                    del free[b]
+                ref[b] += 1
+            req.blocks.extend(computed.gpu_blocks)
+            req.num_cached_blocks = len(req.blocks)
+        elif need > len(free):
+            return False
+        if computed and computed.cpu_hashes:
+            cpu = self.cpu
+            for h in computed.cpu_hashes:
+                cpu.move_to_end(h)
+        for _ in range(need):
+            b = free.popitem(last=False)[0]
+            if self.block_hash[b] is not None:
+                self._evict(b)
+            ref[b] = 1
+            req.blocks.append(b)
+        if cache:
+            self.cache_blocks(req, min(total, len(req.tokens)))
+        return True
+
+    def allocate_one(self, req: Request) -> bool:
+        """One more block for a decoding request (the hot path of `allocate_slots`)."""
+        free = self.free
+        if not free:
+            return False
+        b = free.popitem(last=False)[0]
+        if self.block_hash[b] is not None:
+            self._evict(b)
+        self.ref_cnt[b] = 1
+        req.blocks.append(b)
+        return True
+
+    def cache_blocks(self, req: Request, num_tokens: int) -> None:
+        """Hash and cache every block of `req` that `num_tokens` fills and is not cached yet."""
+        if not self.enable_prefix_caching:
+            return
+        bs = self.block_size
+        num_full = min(num_tokens // bs, len(req.blocks))
+        start = req.num_cached_blocks
+        if num_full <= start:
+            return
+        hashes = self.ensure_hashes(req, num_full)
+        blocks = req.blocks
+        cached = self.cached
+        block_hash = self.block_hash
+        for i in range(start, num_full):
+            b = blocks[i]
+            h = hashes[i]
+            block_hash[b] = h
+            if h in cached:
+                self._dups.setdefault(h, []).append(b)
+            else:
+                cached[h] = b
+        req.num_cached_blocks = num_full
+        if self.cpu_capacity:
+            self._remember_meta(req, start, num_full)
+        if self.enable_events:
+            self._emit_stored(req, start, num_full, MEDIUM_GPU)
+
+    def _remember_meta(self, req: Request, start: int, end: int) -> None:
+        bs = self.block_size
+        lora = req.lora
+        for i in range(start, end):
+            self.block_meta[req.blocks[i]] = _CpuEntry(
+                parent=req.block_hashes[i - 1] if i else None,
+                token_ids=req.tokens[i * bs : (i + 1) * bs],
+                lora_id=lora.int_id if lora else None,
+                lora_name=lora.name if lora else None,
+                extra=self._extra(req, i),
+            )
+
+    def _extra(self, req: Request, index: int) -> tuple[Any, ...] | None:
+        lora = req.lora
+        if lora is None and req.cache_salt is None:
+            return None
+        return self.hasher.extra_keys(
+            index,
+            lora.name if lora else None,
+            lora.path if lora else None,
+            req.cache_salt,
+        )
+
+    def _emit_stored(self, req: Request, start: int, end: int, medium: str) -> None:
+        bs = self.block_size
+        hashes = req.block_hashes
+        extras = [self._extra(req, i) for i in range(start, end)]
+        lora = req.lora
+        self._emit(
+            BlockStored(
+                block_hashes=[self._ext(h) for h in hashes[start:end]],
+                parent_block_hash=self._ext(hashes[start - 1]) if start else None,
+                token_ids=req.tokens[start * bs : end * bs],
+                block_size=bs,
+                lora_id=lora.int_id if lora else None,
+                medium=medium,
+                lora_name=lora.name if lora else None,
+                extra_keys=extras if any(e is not None for e in extras) else None,
+            )
+        )
+
+    def _evict(self, b: int) -> None:
+        h = self.block_hash[b]
+        assert h is not None
+        self.block_hash[b] = None
+        if self.cached.get(h) == b:
+            dups = self._dups.get(h)
+            if dups:
+                self.cached[h] = dups.pop()
+                if not dups:
+                    del self._dups[h]
+            else:
+                del self.cached[h]
+        else:
+            dups = self._dups.get(h)
+            if dups and b in dups:
+                dups.remove(b)
+                if not dups:
+                    del self._dups[h]
+        if self.enable_events:
+            self._emit(BlockRemoved(block_hashes=[self._ext(h)], medium=MEDIUM_GPU))
+        meta = self.block_meta[b]
+        self.block_meta[b] = None
+        if self.cpu_capacity and meta is not None:
+            self._offload(h, meta)
+
+    def _offload(self, h: BlockHash, meta: _CpuEntry) -> None:
+        cpu = self.cpu
+        if h in cpu:
+            cpu.move_to_end(h)
+            return
+        if len(cpu) >= self.cpu_capacity:
+            old, _ = cpu.popitem(last=False)
+            if self.enable_events:
+                self._emit(BlockRemoved(block_hashes=[self._ext(old)], medium=MEDIUM_CPU))
+        cpu[h] = meta
+        if self.enable_events:
+            self._emit(
+                BlockStored(
+                    block_hashes=[self._ext(h)],
+                    parent_block_hash=self._ext(meta.parent) if meta.parent is not None else None,
+                    token_ids=meta.token_ids,
+                    block_size=self.block_size,
+                    lora_id=meta.lora_id,
+                    medium=MEDIUM_CPU,
+                    lora_name=meta.lora_name,
+                    extra_keys=[meta.extra] if meta.extra is not None else None,
+                )
+            )
+
+    def free_request(self, req: Request) -> None:
+        """Release `req`'s blocks, tail first (cached blocks stay hits until reallocated)."""
+        ref = self.ref_cnt
+        free = self.free
+        for b in reversed(req.blocks):
+            ref[b] -= 1
+            if ref[b] == 0:
+                free[b] = None
+        req.blocks = []
+        req.num_cached_blocks = 0
+
+    def reset(self) -> bool:
+        """Drop the whole prefix cache; refused (False) while any block is in use."""
+        if len(self.free) != self.num_gpu_blocks - 1:
+            return False
+        self.cached.clear()
+        self._dups.clear()
+        self.block_hash = [None] * self.num_gpu_blocks
+        self.block_meta = [None] * self.num_gpu_blocks
+        self.cpu.clear()
+        if self.enable_events:
+            self._emit(AllBlocksCleared())
+        return True
+
+    # ----- queries used by routers and tests ---------------------------------------------------
+    def cached_prefix_blocks(self, hashes: Sequence[BlockHash]) -> int:
+        """How many leading `hashes` are cached on the GPU."""
+        cached = self.cached
+        n = 0
+        for h in hashes:
+            if h not in cached:
+                break
+            n += 1
+        return n
+
+    def cpu_prefix_blocks(self, hashes: Sequence[BlockHash], start: int) -> int:
+        cpu = self.cpu
+        n = 0
+        for h in hashes[start:]:
+            if h not in cpu:
+                break
+            n += 1
+        return n

@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+from llmd_sdk.kvcache.events import AllBlocksCleared, BlockRemoved, BlockStored
+from llmd_sdk.kvcache.hashing import BlockHasher
+from llmd_sim.engine import KVCacheManager, Request
+from llmd_sim.engine.kv_cache import ComputedBlocks
+
+BS = 4
+
+
+def kv(blocks: int = 9, cpu: int = 0) -> KVCacheManager:
+    return KVCacheManager(blocks, BlockHasher("sha256", BS), enable_events=True, cpu_blocks=cpu)
+
+
+def req(rid: str, tokens: list[int]) -> Request:
+    return Request(rid, tokens, [0])
+
+
+def admit(m: KVCacheManager, r: Request) -> ComputedBlocks:
+    computed = m.get_computed_blocks(r, r.num_tokens)
+    assert m.allocate_slots(r, r.num_tokens - computed.num_blocks * BS, computed)
+    r.num_computed_tokens = r.num_tokens
+    return computed
+
+
+def test_null_block_is_reserved_and_usage_counts_referenced_blocks() -> None:
+    m = kv(9)
+    assert m.num_usable_blocks == 8 and m.num_free_blocks == 8 and m.usage == 0.0
+    r = req("a", list(range(10)))  # 3 blocks, 2 full
+    admit(m, r)
+    assert 0 not in r.blocks and len(r.blocks) == 3
+    assert m.usage == 3 / 8
+    stored = m.take_events()
+    assert len(stored) == 1 and isinstance(stored[0], BlockStored)
+    assert stored[0].block_hashes == r.block_hashes[:2] and stored[0].token_ids == list(range(8))
+
+
+def test_freed_blocks_stay_hits_until_reallocated_tail_first() -> None:
+    m = kv(5)  # 4 usable blocks
+    a = req("a", list(range(17)))  # 4 full blocks + 1 token -> 5 blocks? no: needs 5, too many
+    assert not m.allocate_slots(a, 17)
+    a = req("a", list(range(16)))  # exactly 4 blocks, 3 cacheable (one token must be computed)
+    admit(m, a)
+    hashes = list(a.block_hashes)
+    m.free_request(a)
+    m.take_events()
+    # All four are free again but the full ones are still cached.
+    assert m.num_free_blocks == 4 and m.cached_prefix_blocks(hashes) == 4
+    # A new request needing one block evicts the *tail* block of `a` first.
+    b = req("b", [99, 98, 97, 96])
+    admit(m, b)
+    removed = [e for e in m.take_events() if isinstance(e, BlockRemoved)]
+    assert [e.block_hashes for e in removed] == [[hashes[3]]]
+    assert m.cached_prefix_blocks(hashes) == 3
+
+
+def test_prefix_hit_touches_blocks_out_of_the_free_queue() -> None:
+    m = kv(9)
+    a = req("a", list(range(13)))
+    admit(m, a)
+    m.free_request(a)
+    b = req("b", list(range(13)))
+    m.take_events()
+    computed = admit(m, b)
+    assert computed.gpu_blocks == a.blocks[:3] if a.blocks else len(computed.gpu_blocks) == 3
+    assert len(computed.gpu_blocks) == 3
+    assert m.ref_cnt[computed.gpu_blocks[0]] == 1
+    assert all(blk not in m.free for blk in b.blocks)
+    # The hit blocks are not stored again; the 4th (partial) block is fresh and unhashed.
+    assert m.take_events() == []
+    assert m.block_hash[b.blocks[3]] is None
+
+
+def test_two_requests_caching_the_same_block_and_eviction_events() -> None:
+    m = kv(9)
+    a, b = req("a", list(range(5))), req("b", list(range(5)))
+    # Both looked up before either was cached (e.g. identical decoded blocks): two copies.
+    lookups = [m.get_computed_blocks(r, 5) for r in (a, b)]
+    assert all(c.num_blocks == 0 for c in lookups)
+    for r, c in zip((a, b), lookups, strict=True):
+        assert m.allocate_slots(r, 5, c)
+    events = m.take_events()
+    assert [e.block_hashes for e in events] == [[a.block_hashes[0]], [a.block_hashes[0]]]
+    m.free_request(a)
+    m.free_request(b)
+    # Fill the cache with new blocks: both duplicates get evicted, one event each (as vLLM does).
+    c = req("c", list(range(100, 132)))
+    admit(m, c)
+    removed = [e.block_hashes[0] for e in m.take_events() if isinstance(e, BlockRemoved)]
+    assert removed.count(a.block_hashes[0]) == 2
+    assert a.block_hashes[0] not in m.cached
+
+
+def test_reset_clears_only_when_idle() -> None:
+    m = kv(9)
+    a = req("a", list(range(9)))
+    admit(m, a)
+    assert not m.reset()
+    m.free_request(a)
+    m.take_events()
+    assert m.reset()
+    assert m.take_events() == [AllBlocksCleared()]
+    assert m.cached_prefix_blocks(a.block_hashes) == 0
+
+
+def test_cpu_tier_keeps_evicted_blocks_and_serves_them_back() -> None:
+    m = kv(5, cpu=2)
+    a = req("a", list(range(16)))
+    admit(m, a)
+    hashes = list(a.block_hashes)
+    m.free_request(a)
+    m.take_events()
+    b = req("b", list(range(200, 216)))
+    admit(m, b)  # needs all 4 blocks: evicts a's 4 cached blocks, tail first
+    events = m.take_events()
+    cpu_stored = [e for e in events if isinstance(e, BlockStored) and e.medium == "CPU"]
+    cpu_removed = [e for e in events if isinstance(e, BlockRemoved) and e.medium == "CPU"]
+    gpu_removed = [e for e in events if isinstance(e, BlockRemoved) and e.medium == "GPU"]
+    assert len(gpu_removed) == 4 and len(cpu_stored) == 4 and len(cpu_removed) == 2
+    # CPU holds the two most recently evicted: blocks 1 and 0 of `a` (tail evicted first).
+    assert set(m.cpu) == {hashes[0], hashes[1]}
+    stored0 = next(e for e in cpu_stored if e.block_hashes == [hashes[0]])
+    assert stored0.token_ids == list(range(4)) and stored0.parent_block_hash is None
+    m.free_request(b)
+    c = req("c", list(range(16)))
+    computed = m.get_computed_blocks(c, c.num_tokens)
+    assert computed.gpu_blocks == [] and computed.cpu_hashes == hashes[:2]
