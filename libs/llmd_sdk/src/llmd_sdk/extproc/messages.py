@@ -6,13 +6,13 @@ mutations, dynamic metadata, body mutations, immediate responses with an OpenAI 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
 
 from llmd_sdk.contracts import envoy_base, ext_proc, http_status
+from llmd_sdk.openai.errors import error_json
 
 Headers = dict[str, str]
 
@@ -132,28 +132,8 @@ def common_response(
 def openai_error_json(
     status: int, message: str, type_: str | None = None, code: Any = None
 ) -> bytes:
-    """OpenAI's error body: ``{"error": {"message", "type", "code"}}``."""
-    return json.dumps(
-        {
-            "error": {
-                "message": message,
-                "type": type_ or _error_type(status),
-                "code": code or status,
-            }
-        }
-    ).encode()
-
-
-def _error_type(status: int) -> str:
-    return {
-        400: "BadRequestError",
-        401: "AuthenticationError",
-        403: "PermissionDeniedError",
-        404: "NotFoundError",
-        413: "BadRequestError",
-        429: "RateLimitError",
-        503: "ServiceUnavailableError",
-    }.get(status, "InternalServerError" if status >= 500 else "BadRequestError")
+    """OpenAI's error body, as `llmd_sdk.openai.error_json` builds it."""
+    return error_json(status, message, type_, code)
 
 
 def immediate_response(
