@@ -23,10 +23,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import grpc  # noqa: E402
-from _harness import free_port, machine, spawn, stop, summarize, table, wait_for_port, write_json  # noqa: E402
-
-from llmd_sdk.contracts import envoy_base, ext_proc, ext_proc_grpc  # noqa: E402
+import grpc
+from _harness import free_port, machine, spawn, stop, summarize, table, wait_for_port, write_json
+from llmd_sdk.contracts import envoy_base, ext_proc, ext_proc_grpc
 
 BODY_BYTES = 4096
 
@@ -36,7 +35,7 @@ class EchoServicer(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[mis
 
     async def Process(
         self, request_iterator: AsyncIterator[Any], context: Any
-    ) -> AsyncIterator[Any]:  # noqa: N802
+    ) -> AsyncIterator[Any]:
         async for req in request_iterator:
             kind = req.WhichOneof("request")
             if kind == "request_headers":
