@@ -189,6 +189,11 @@ class KVCacheManager:
     def usage(self) -> float:
         return 1.0 - len(self.free) / (self.num_gpu_blocks - 1)
 
+    @property
+    def num_duplicate_blocks(self) -> int:
+        """Cached blocks whose hash another cached block already has."""
+        return sum(len(v) for v in self._dups.values())
+
     def take_events(self) -> list[KVEvent]:
         events, self.events = self.events, []
         return events
