@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -364,6 +366,19 @@ def _server_info(state: SimState) -> dict[str, Any]:
     }
 
 
+class _Server(uvicorn.Server):
+    """uvicorn, but a graceful stop on SIGTERM/SIGINT exits 0 instead of re-raising the signal."""
+
+    stop_signal: int | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.stop_signal = sig
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        else:
+            self.should_exit = True
+
+
 def main(argv: list[str] | None = None) -> int:
     """The ``llmd-sim`` console script."""
     try:
@@ -383,12 +398,13 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(ImportError):
             __import__(mod)
             kwargs[opt] = mod
+    server = _Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, **kwargs))
     try:
-        uvicorn.run(app, host=cfg.host, port=cfg.port, **kwargs)
+        server.run()
     except OSError as exc:  # e.g. the port is taken
         print(f"llmd-sim: error: --port {cfg.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    return 0
+    return 0 if server.started or server.stop_signal else 1
 
 
 if __name__ == "__main__":
