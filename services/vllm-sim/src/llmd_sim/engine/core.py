@@ -221,7 +221,8 @@ class EngineCore:
         bs = self.block_size
         S = self.step_index
         result = StepResult(start=now, duration=0.0)
-        self._admit_remote(now)
+        if self._remote_heap:
+            self._admit_remote(now)
         budget = cfg.max_num_batched_tokens
         preempted = result.preempted
 
@@ -258,7 +259,7 @@ class EngineCore:
         scheduled: list[tuple[Request, int]] = []
         prefill_tokens = 0
         attn_pairs = 0
-        for r in list(self.prefilling):
+        for r in list(self.prefilling) if self.prefilling else ():
             if budget <= 0 or r.status != RequestStatus.RUNNING:
                 break
             n = min(r.num_tokens - r.num_computed_tokens, budget)
@@ -379,7 +380,8 @@ class EngineCore:
         self.num_generation_tokens_total += generated
         self.num_prompt_tokens_total += result.num_prompt_tokens
         self.num_preemptions_total += len(preempted)
-        result.events = kv.take_events()
+        if kv.enable_events:
+            result.events = kv.take_events()
         self.step_index = S + 1
         return result
 

@@ -166,8 +166,12 @@ class KVCacheManager:
         # Block 0 is vLLM's null block: never allocated.
         self.ref_cnt = [0] * num_gpu_blocks
         self.block_hash: list[BlockHash | None] = [None] * num_gpu_blocks
-        self.block_meta: list[_CpuEntry | None] = [None] * num_gpu_blocks
-        self.free: OrderedDict[int, None] = OrderedDict.fromkeys(range(1, num_gpu_blocks))
+        self.block_meta: dict[int, _CpuEntry] = {}
+        # The free queue is [never-used blocks _virgin..N-1] followed by `free` (blocks freed at
+        # least once, least recently freed first). Never-used blocks are always at the head, so
+        # they need no queue entries: a cluster of many large engines stays small.
+        self._virgin = 1
+        self.free: OrderedDict[int, None] = OrderedDict()
         self.cached: dict[BlockHash, int] = {}
         self._dups: dict[BlockHash, list[int]] = {}
         self.cpu_capacity = cpu_blocks
@@ -183,11 +187,11 @@ class KVCacheManager:
 
     @property
     def num_free_blocks(self) -> int:
-        return len(self.free)
+        return self.num_gpu_blocks - self._virgin + len(self.free)
 
     @property
     def usage(self) -> float:
-        return 1.0 - len(self.free) / (self.num_gpu_blocks - 1)
+        return 1.0 - self.num_free_blocks / (self.num_gpu_blocks - 1)
 
     @property
     def num_duplicate_blocks(self) -> int:
@@ -268,7 +272,7 @@ class KVCacheManager:
         need = -(-num_tokens // self.block_size) - len(req.blocks) - len(computed.gpu_blocks)
         ref = self.ref_cnt
         touched_free = sum(1 for b in computed.gpu_blocks if ref[b] == 0)
-        return need <= len(self.free) - touched_free
+        return need <= self.num_free_blocks - touched_free
 
     def allocate_slots(
         self,
@@ -289,40 +293,55 @@ class KVCacheManager:
         need = -(-total // bs) - have
         ref = self.ref_cnt
         free = self.free
+        n_free = self.num_free_blocks
         if computed and computed.gpu_blocks:
-            touched_free = sum(1 for b in computed.gpu_blocks if ref[b] == 0)
-            if need > len(free) - touched_free:
-                return False
+            # Touching a hit block that sits in the free queue takes it out of the queue.
+            if need > n_free - len(computed.gpu_blocks):
+                touched_free = sum(1 for b in computed.gpu_blocks if ref[b] == 0)
+                if need > n_free - touched_free:
+                    return False
             for b in computed.gpu_blocks:
                 if ref[b] == 0:
                     del free[b]
                 ref[b] += 1
             req.blocks.extend(computed.gpu_blocks)
             req.num_cached_blocks = len(req.blocks)
-        elif need > len(free):
+        elif need > n_free:
             return False
         if computed and computed.cpu_hashes:
             cpu = self.cpu
             for h in computed.cpu_hashes:
                 cpu.move_to_end(h)
         for _ in range(need):
-            b = free.popitem(last=False)[0]
-            if self.block_hash[b] is not None:
-                self._evict(b)
+            b = self._pop_free()
             ref[b] = 1
             req.blocks.append(b)
         if cache:
             self.cache_blocks(req, min(total, len(req.tokens)))
         return True
 
-    def allocate_one(self, req: Request) -> bool:
-        """One more block for a decoding request (the hot path of `allocate_slots`)."""
-        free = self.free
-        if not free:
-            return False
-        b = free.popitem(last=False)[0]
+    def _pop_free(self) -> int:
+        """The head of the free queue (evicting its cached hash); the caller checked there is one."""
+        if self._virgin < self.num_gpu_blocks:
+            b = self._virgin
+            self._virgin = b + 1
+            return b
+        b = self.free.popitem(last=False)[0]
         if self.block_hash[b] is not None:
             self._evict(b)
+        return b
+
+    def allocate_one(self, req: Request) -> bool:
+        """One more block for a decoding request (the hot path of `allocate_slots`)."""
+        if self._virgin < self.num_gpu_blocks:
+            b = self._virgin
+            self._virgin = b + 1
+        elif self.free:
+            b = self.free.popitem(last=False)[0]
+            if self.block_hash[b] is not None:
+                self._evict(b)
+        else:
+            return False
         self.ref_cnt[b] = 1
         req.blocks.append(b)
         return True
@@ -336,7 +355,9 @@ class KVCacheManager:
         start = req.num_cached_blocks
         if num_full <= start:
             return
-        hashes = self.ensure_hashes(req, num_full)
+        hashes = req.block_hashes
+        if len(hashes) < num_full:
+            hashes = self.ensure_hashes(req, num_full)
         blocks = req.blocks
         cached = self.cached
         block_hash = self.block_hash
@@ -415,9 +436,8 @@ class KVCacheManager:
                     del self._dups[h]
         if self.enable_events:
             self._emit(BlockRemoved(block_hashes=[self._ext(h)], medium=MEDIUM_GPU))
-        meta = self.block_meta[b]
-        self.block_meta[b] = None
-        if self.cpu_capacity and meta is not None:
+        meta = self.block_meta.pop(b, None) if self.cpu_capacity else None
+        if meta is not None:
             self._offload(h, meta)
 
     def _offload(self, h: BlockHash, meta: _CpuEntry) -> None:
@@ -447,22 +467,24 @@ class KVCacheManager:
     def free_request(self, req: Request) -> None:
         """Release `req`'s blocks, tail first (cached blocks stay hits until reallocated)."""
         ref = self.ref_cnt
-        free = self.free
+        released = []
         for b in reversed(req.blocks):
-            ref[b] -= 1
-            if ref[b] == 0:
-                free[b] = None
+            c = ref[b] - 1
+            ref[b] = c
+            if not c:
+                released.append(b)
+        self.free.update(dict.fromkeys(released))
         req.blocks = []
         req.num_cached_blocks = 0
 
     def reset(self) -> bool:
         """Drop the whole prefix cache; refused (False) while any block is in use."""
-        if len(self.free) != self.num_gpu_blocks - 1:
+        if self.num_free_blocks != self.num_gpu_blocks - 1:
             return False
         self.cached.clear()
         self._dups.clear()
         self.block_hash = [None] * self.num_gpu_blocks
-        self.block_meta = [None] * self.num_gpu_blocks
+        self.block_meta = {}
         self.cpu.clear()
         if self.enable_events:
             self._emit(AllBlocksCleared())
