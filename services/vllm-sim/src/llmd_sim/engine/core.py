@@ -25,7 +25,8 @@ from __future__ import annotations
 import contextlib
 import heapq
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from llmd_sim.engine.kv_cache import ComputedBlocks, Hasher, KVCacheManager, KVEvent
@@ -66,24 +67,43 @@ class EngineConfig:
                 raise ValueError(f"{name}: must be at least 1")
 
 
-@dataclass(slots=True)
 class StepResult:
-    """What one scheduler iteration did."""
+    """What one scheduler iteration did.
 
-    start: float
-    duration: float
-    num_prefill_tokens: int = 0
-    num_decode_seqs: int = 0
-    decode_context_tokens: int = 0
-    num_generated: int = 0
-    # Requests that sampled their first token in this step.
-    first_tokens: list[Request] = field(default_factory=list)
-    # Requests that sampled a later token (filled only when the core tracks tokens).
-    decoded: list[Request] = field(default_factory=list)
-    finished: list[Request] = field(default_factory=list)
-    preempted: list[Request] = field(default_factory=list)
-    events: list[KVEvent] = field(default_factory=list)
-    num_prompt_tokens: int = 0
+    The request lists are filled only when non-empty (an empty tuple otherwise): most steps of a
+    large simulation produce nothing but decode tokens, and they are the hot path.
+    """
+
+    __slots__ = (
+        "decode_context_tokens",
+        "decoded",
+        "duration",
+        "events",
+        "finished",
+        "first_tokens",
+        "num_decode_seqs",
+        "num_generated",
+        "num_prefill_tokens",
+        "num_prompt_tokens",
+        "preempted",
+        "start",
+    )
+
+    def __init__(self, start: float, duration: float = 0.0) -> None:
+        self.start = start
+        self.duration = duration
+        self.num_prefill_tokens = 0
+        self.num_decode_seqs = 0
+        self.decode_context_tokens = 0
+        self.num_generated = 0
+        self.num_prompt_tokens = 0
+        # Requests that sampled their first token in this step.
+        self.first_tokens: Sequence[Request] = ()
+        # Requests that sampled a later token (filled only when the core tracks tokens).
+        self.decoded: Sequence[Request] = ()
+        self.finished: Sequence[Request] = ()
+        self.preempted: Sequence[Request] = ()
+        self.events: Sequence[KVEvent] = ()
 
     @property
     def end(self) -> float:
@@ -220,18 +240,19 @@ class EngineCore:
         kv = self.kv
         bs = self.block_size
         S = self.step_index
-        result = StepResult(start=now, duration=0.0)
+        result = StepResult(now)
         if self._remote_heap:
             self._admit_remote(now)
         budget = cfg.max_num_batched_tokens
-        preempted = result.preempted
+        preempted: list[Request] = []
 
         # 1a. decoding requests at a block boundary or at their last token.
         finishing: list[Request] = []
         evs = self._events.pop(S, None)
         if evs:
             live = [r for r, epoch in evs if r.epoch == epoch and r.dec_start >= 0]
-            live.sort(key=_sched_order)
+            if len(live) > 1:
+                live.sort(key=_sched_order)
             for r in live:
                 if r.dec_start < 0:  # preempted earlier in this loop
                     continue
@@ -245,8 +266,8 @@ class EngineCore:
                             break
                     if r.dec_start < 0:
                         continue
-                if (p + 1) % bs == 0:
-                    kv.cache_blocks(r, p + 1)
+                if (p + 1) % bs == 0 and r.num_cached_blocks * bs <= p:
+                    kv.cache_next_block(r)
                 if r.dec_start + r.max_tokens - r.dec_out0 - 1 == S:
                     finishing.append(r)
                 else:
@@ -342,13 +363,16 @@ class EngineCore:
         if cpu_loaded_blocks:
             duration += self.latency.cpu_load_time(cpu_loaded_blocks, bs)
         result.duration = duration
+        if preempted:
+            result.preempted = preempted
         result.num_prefill_tokens = prefill_tokens
         result.num_decode_seqs = n_dec
         result.decode_context_tokens = ctx_dec
         end = now + duration
         generated = n_dec
-        if self.track_tokens and n_dec:
-            result.decoded = list(self.decoding)
+        first_tokens: list[Request] = []
+        decoded: list[Request] = list(self.decoding) if self.track_tokens and n_dec else []
+        finished: list[Request] = []
 
         # 4. update, in running order (which is the order blocks are freed in): decoders that
         # sampled their last token, then prefills that reached the end of their sequence.
@@ -358,7 +382,7 @@ class EngineCore:
             r.num_computed_tokens = r.dec_c0 + (S - r.dec_start) + 1
             r.num_output_tokens = r.max_tokens
             r.dec_start = -1
-            self._finish(r, end, result)
+            self._finish(r, end, finished)
         for r, n in scheduled:
             r.num_computed_tokens += n
             if r.num_computed_tokens < r.num_tokens:
@@ -367,16 +391,22 @@ class EngineCore:
             generated += 1
             if r.first_token_time < 0:
                 r.first_token_time = end
-                result.first_tokens.append(r)
+                first_tokens.append(r)
                 result.num_prompt_tokens += r.num_prompt_tokens
             elif self.track_tokens:
-                result.decoded.append(r)
+                decoded.append(r)
             self.prefilling.remove(r)
             if r.num_output_tokens >= r.max_tokens:
-                self._finish(r, end, result)
+                self._finish(r, end, finished)
             else:
                 self._start_decoding(r, S + 1)
         result.num_generated = generated
+        if first_tokens:
+            result.first_tokens = first_tokens
+        if decoded:
+            result.decoded = decoded
+        if finished:
+            result.finished = finished
         self.num_generation_tokens_total += generated
         self.num_prompt_tokens_total += result.num_prompt_tokens
         self.num_preemptions_total += len(preempted)
@@ -425,7 +455,7 @@ class EngineCore:
         r.num_preemptions += 1
         self.waiting.appendleft(r)
 
-    def _finish(self, r: Request, end: float, result: StepResult) -> None:
+    def _finish(self, r: Request, end: float, finished: list[Request]) -> None:
         self.running.remove(r)
         r.status = r.finish_status
         r.finish_time = end
@@ -433,7 +463,7 @@ class EngineCore:
             r.kv_transfer_result = self._transfer_params(r)
         self.kv.free_request(r)
         self.requests.pop(r.request_id, None)
-        result.finished.append(r)
+        finished.append(r)
 
     def _transfer_params(self, r: Request) -> dict[str, Any] | None:
         """What vLLM's NixlConnector returns for a finished prefill (do_remote_decode)."""

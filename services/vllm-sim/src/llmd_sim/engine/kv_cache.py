@@ -375,6 +375,25 @@ class KVCacheManager:
         if self.enable_events:
             self._emit_stored(req, start, num_full, MEDIUM_GPU)
 
+    def cache_next_block(self, req: Request) -> None:
+        """Cache the block a decoding request just filled (the hot path of `cache_blocks`)."""
+        if not self.enable_prefix_caching or self.cpu_capacity or self.enable_events:
+            self.cache_blocks(req, (req.num_cached_blocks + 1) * self.block_size)
+            return
+        i = req.num_cached_blocks
+        hashes = req.block_hashes
+        if len(hashes) <= i:
+            hashes = self.ensure_hashes(req, i + 1)
+        h = hashes[i]
+        b = req.blocks[i]
+        self.block_hash[b] = h
+        cached = self.cached
+        if h in cached:
+            self._dups.setdefault(h, []).append(b)
+        else:
+            cached[h] = b
+        req.num_cached_blocks = i + 1
+
     def _remember_meta(self, req: Request, start: int, end: int) -> None:
         bs = self.block_size
         lora = req.lora
