@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 from llmd_sdk.kvcache.events import KVEventBatch
@@ -152,9 +153,9 @@ class EngineRunner:
                 log.exception("engine_step_failed", rank=self.rank)
                 await asyncio.sleep(0.01)
 
-    def _publish(self, events: list[Any]) -> None:
+    def _publish(self, events: Sequence[Any]) -> None:
         if events and self.publisher is not None:
-            self.publisher.publish(KVEventBatch(ts=time.time(), events=events))
+            self.publisher.publish(KVEventBatch(ts=time.time(), events=list(events)))
 
     def _refresh_gauges(self) -> None:
         core, st = self.core, self.stats
