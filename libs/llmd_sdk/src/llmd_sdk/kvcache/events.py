@@ -10,8 +10,10 @@ Wire format (vLLM ``vllm/distributed/kv_events.py``):
   vLLM 0.23 (vllm-project/vllm#42892) an event is a msgpack *map* of field names; older engines
   sent a positional *array* ``["BlockStored", ...]``. `decode_batch` reads both; `encode_batch`
   writes the current map form.
-- Replay: a ROUTER socket takes ``[b"", start_seq]`` (8 bytes big-endian) and answers
-  ``[b"", seq, payload]`` per buffered batch from ``start_seq`` on, then ``[b"", -1, b""]``.
+- Replay: a ROUTER socket takes ``[b"", start_seq]`` (8 bytes big-endian) and answers, per
+  buffered batch from ``start_seq`` on, ``[b"", topic, seq, payload]`` (current vLLM; engines
+  before the topic frame was added sent ``[b"", seq, payload]``), then an end marker with seq -1
+  (``[b"", b"", -1, b""]``, formerly ``[b"", -1, b""]``). `parse_replay_frames` reads both.
 """
 
 from __future__ import annotations
@@ -144,3 +146,21 @@ def decode_seq(raw: bytes) -> int:
     if len(raw) != 8:
         raise ValueError(f"sequence frame: expected 8 bytes, got {len(raw)}")
     return int.from_bytes(raw, "big", signed=True)
+
+
+def parse_replay_frames(frames: list[bytes]) -> tuple[int, bytes]:
+    """``(seq, payload)`` of one replay answer, as a DEALER receives it.
+
+    Accepts the frames with or without the leading empty delimiter, in either vLLM form:
+    ``[topic, seq, payload]`` or ``[seq, payload]``. ``seq == -1`` marks the end of the replay.
+    Raises `ValueError` for anything else.
+    """
+    if frames and frames[0] == b"" and len(frames) in (3, 4):
+        frames = frames[1:]
+    if len(frames) == 3:
+        _topic, seq, payload = frames
+    elif len(frames) == 2:
+        seq, payload = frames
+    else:
+        raise ValueError(f"replay answer: expected 2 or 3 frames, got {len(frames)}")
+    return decode_seq(seq), payload
