@@ -12,6 +12,7 @@ import tokenizers
 from llmd_sdk.tokenizer import chat_template as templating
 
 BUILTIN_TOKENIZER_DIR = Path(__file__).with_name("builtin")
+_SHORT_TEXT = 2048  # characters
 _SPECIAL_TOKEN_KEYS = (
     "bos_token",
     "eos_token",
@@ -83,6 +84,9 @@ class Tokenizer:
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of `text`; `add_special_tokens` adds what the post-processor adds (BOS)."""
+        if len(text) < _SHORT_TEXT:
+            # A batch call costs a thread-pool round trip: slower for short texts.
+            return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
         # encode_batch_fast skips offset tracking, the costliest part vLLM never uses.
         return self._tok.encode_batch_fast([text], add_special_tokens=add_special_tokens)[0].ids
 
