@@ -69,6 +69,12 @@ def build_state(cfg: SimConfig) -> SimState:
     """Everything the server runs, from its configuration (raises ValueError on bad input)."""
     tokenizer = _resolve_tokenizer(cfg)
     profile = load_profile(cfg.latency_profile)
+    if profile.provisional and cfg.time_scale > 0:
+        log.warning(
+            "latency_profile_provisional",
+            profile=profile.name,
+            hint="step times are estimates; calibrate with benchmarks/calibrate_gpu.py",
+        )
     latency = LatencyModel(profile, cfg.time_scale)
     num_blocks = cfg.num_gpu_blocks_override or profile.num_gpu_blocks
     cpu_blocks = int(cfg.kv_offloading_size * 2**30 // latency.kv_block_bytes(cfg.block_size))

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -153,7 +153,7 @@ class Serving:
         if not self.kv_transfer_enabled:
             kv_params = None
         opts = req.stream_options
-        rid_base = headers.get("x-request-id") or uuid.uuid4().hex
+        rid_base = headers.get("x-request-id") or os.urandom(16).hex()
         job = Job(
             rid=("chatcmpl-" if chat else "cmpl-") + rid_base,
             created=int(time.time()),
