@@ -37,6 +37,10 @@ class OutputPlanner:
         self.words = words or [i for i in range(tokenizer.vocab_size) if i not in special]
         eos = tokenizer.eos_token_id
         self.eos: int | None = eos
+        # Word tokens decode on their own: random-mode text streams without windowed decoding.
+        self.clean_pieces: dict[int, str] = (
+            {i: tokenizer.decode([i]) for i in words} if words else {}
+        )
 
     def plan(
         self,
@@ -70,10 +74,11 @@ class Detokenizer:
     byte-level token can end in the middle of a UTF-8 character).
     """
 
-    __slots__ = ("_ids", "_prefix", "_read", "_tok", "text")
+    __slots__ = ("_clean", "_ids", "_prefix", "_read", "_tok", "text")
 
-    def __init__(self, tokenizer: Tokenizer) -> None:
+    def __init__(self, tokenizer: Tokenizer, clean_pieces: dict[int, str] | None = None) -> None:
         self._tok = tokenizer
+        self._clean = clean_pieces
         self._ids: list[int] = []
         self._prefix = 0
         self._read = 0
@@ -81,6 +86,18 @@ class Detokenizer:
 
     def add(self, new_ids: list[int]) -> str:
         """Append tokens; return the text they complete (may be empty)."""
+        clean = self._clean
+        if clean and self._read == len(self._ids):
+            try:
+                delta = "".join([clean[i] for i in new_ids])
+            except KeyError:
+                pass
+            else:
+                self._prefix = self._read
+                self._ids.extend(new_ids)
+                self._read = len(self._ids)
+                self.text += delta
+                return delta
         self._ids.extend(new_ids)
         prefix_text = self._tok.decode(self._ids[self._prefix : self._read])
         new_text = self._tok.decode(self._ids[self._prefix :])

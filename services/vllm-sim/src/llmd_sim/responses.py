@@ -147,6 +147,27 @@ def completion_chunk(
     }
 
 
+_TEXT_SLOT = "@@llmd-sim-text@@"
+_TEXT_SLOT_JSON = b'"' + _TEXT_SLOT.encode() + b'"'
+
+
+class ChunkWriter:
+    """Pre-rendered SSE chunk bytes for one choice: only the text is encoded per chunk."""
+
+    __slots__ = ("_head", "_tail")
+
+    def __init__(self, rid: str, created: int, model: str, index: int, chat: bool) -> None:
+        if chat:
+            template = chat_chunk(rid, created, model, index, {"content": _TEXT_SLOT}, None)
+        else:
+            template = completion_chunk(rid, created, model, index, _TEXT_SLOT, None)
+        self._head, self._tail = sse(template).split(_TEXT_SLOT_JSON)
+
+    def text(self, delta: str) -> bytes:
+        """The chunk carrying `delta` with no finish reason (byte-identical to `sse(...)`)."""
+        return self._head + _json.encode(delta) + self._tail
+
+
 def usage_chunk(
     rid: str, created: int, model: str, obj: str, usage_: dict[str, Any]
 ) -> dict[str, Any]:

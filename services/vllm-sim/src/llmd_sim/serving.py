@@ -266,7 +266,9 @@ class Serving:
     async def stream(self, job: Job) -> AsyncIterator[bytes]:
         """SSE chunks: one per engine step that produced text, then usage and ``[DONE]``."""
         chat, rid, created, model = job.chat, job.rid, job.created, job.model
-        detoks = [Detokenizer(self.tokenizer) for _ in job.streams]
+        clean = self.planner.clean_pieces if self.planner.mode == "random" else None
+        detoks = [Detokenizer(self.tokenizer, clean) for _ in job.streams]
+        writers = [R.ChunkWriter(rid, created, model, i, chat) for i in range(len(job.streams))]
         started = [False] * len(job.streams)
         try:
             pending = set(range(len(job.streams)))
@@ -281,9 +283,13 @@ class Serving:
                         delta = detoks[idx].add(new_ids)
                         last = s.done and not s.pending
                         finish = s.req.finish_reason if last else None
+                        first = not started[idx]
+                        if not first and finish is None and not job.continuous_usage:
+                            out.append(writers[idx].text(delta))  # the common, fast case
+                            continue
+                        started[idx] = True
                         if chat:
-                            if not started[idx]:
-                                started[idx] = True
+                            if first:
                                 role = {"role": "assistant", "content": ""}
                                 out.append(
                                     R.sse(R.chat_chunk(rid, created, model, idx, role, None))
