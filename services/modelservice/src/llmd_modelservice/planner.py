@@ -183,6 +183,54 @@ def cpu_kv_gib(ms: ModelService) -> int | None:
     return None if kv is None else max(1, math.ceil(kv[0] / GIB))
 
 
+def engine_context(
+    ms: ModelService,
+    group: RoleGroupView,
+    *,
+    accelerator: Accelerator,
+    host: str,
+    port: int,
+    advertise: str,
+    devices: Sequence[int] = (),
+    device_architecture: str | None = None,
+    kv_bind_port: int | None = None,
+    kv_replay_port: int | None = None,
+    nixl_port: int | None = None,
+    cpu_bind: str | None = None,
+    cpu_kv_gib: int | None = None,
+) -> ReplicaContext:
+    """The builder input for one replica; shared by local plans and Kubernetes `render`."""
+    s = ms.spec
+    kv_events = None
+    if s.kv_events.enabled:
+        kv_events = kv_events_config(
+            s.kv_events,
+            topic=kv_topic(advertise, port, ms.served_names[0]),
+            bind_port=kv_bind_port if kv_bind_port is not None else s.kv_events.bind_port,
+            replay_port=kv_replay_port,
+        )
+    kv_transfer = None
+    if s.kv_transfer is not None:
+        kv_transfer = kv_transfer_config(s.kv_transfer)
+        if nixl_port is None:
+            nixl_port = s.kv_transfer.side_channel_port
+    return ReplicaContext(
+        ms=ms,
+        group=group,
+        accelerator=accelerator,
+        host=host,
+        port=port,
+        advertise=advertise,
+        devices=tuple(devices),
+        device_architecture=device_architecture,
+        kv_events=kv_events,
+        kv_transfer=kv_transfer,
+        nixl_port=nixl_port if kv_transfer is not None else None,
+        cpu_bind=cpu_bind,
+        cpu_kv_gib=cpu_kv_gib,
+    )
+
+
 def plan_replica(
     ms: ModelService,
     group: RoleGroupView,
@@ -201,17 +249,10 @@ def plan_replica(
     accel = resolve_accelerator(ms, profile)
     host = s.local.host
     address = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    topic = kv_topic(address, port, ms.served_names[0])
-    kv_events = None
+    bind_port = kv_bind_port if kv_bind_port is not None else s.kv_events.bind_port
     kv_endpoint = None
-    if s.kv_events.enabled:
-        bind_port = kv_bind_port if kv_bind_port is not None else s.kv_events.bind_port
-        kv_events = kv_events_config(
-            s.kv_events, topic=topic, bind_port=bind_port, replay_port=kv_replay_port
-        )
-        if s.kv_events.mode == "bind":
-            kv_endpoint = f"tcp://{address}:{bind_port}"
-    kv_transfer = kv_transfer_config(s.kv_transfer) if s.kv_transfer is not None else None
+    if s.kv_events.enabled and s.kv_events.mode == "bind":
+        kv_endpoint = f"tcp://{address}:{bind_port}"
     arch = None
     if profile is not None and devices:
         by_index = {d.index: d for d in profile.devices}
@@ -228,20 +269,18 @@ def plan_replica(
                 index,
                 group.parallelism.tensor,
             )
-    ctx = ReplicaContext(
-        ms=ms,
-        group=group,
+    ctx = engine_context(
+        ms,
+        group,
         accelerator=accel,
         host=host,
         port=port,
         advertise=address,
-        devices=tuple(devices),
+        devices=devices,
         device_architecture=arch,
-        kv_events=kv_events,
-        kv_transfer=kv_transfer,
-        nixl_port=(nixl_port if nixl_port is not None else s.kv_transfer.side_channel_port)
-        if s.kv_transfer is not None
-        else None,
+        kv_bind_port=bind_port,
+        kv_replay_port=kv_replay_port,
+        nixl_port=nixl_port,
         cpu_bind=cpu_bind,
         cpu_kv_gib=kv_gib,
     )
@@ -263,7 +302,7 @@ def plan_replica(
         devices=tuple(devices),
         served_names=tuple(ms.served_names),
         loras=tuple(lo.name for lo in s.loras),
-        kv_topic=topic if kv_events is not None else None,
+        kv_topic=ctx.kv_events["topic"] if ctx.kv_events is not None else None,
         kv_events_endpoint=kv_endpoint,
         health_path=s.health.path,
         metrics_path=METRICS_PATH,

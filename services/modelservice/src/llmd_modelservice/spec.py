@@ -165,7 +165,9 @@ class EngineSpec(_Model):
 class KVCacheSpec(_Model):
     """The KV budget the memory check reserves per device, beside the weights."""
 
-    budget_gib: float | None = Field(default=None, gt=0, description="explicit budget per device")
+    budget_gib: float | None = Field(
+        default=None, gt=0, alias="budgetGiB", description="explicit budget per device"
+    )
     sequences: int = Field(
         default=1, ge=1, description="full-length sequences the cache must hold (with architecture)"
     )

@@ -155,5 +155,5 @@ def load_specs(paths: Sequence[str | Path]) -> list[ModelService]:
         seen[key] = seen.get(key, 0) + 1
     problems.extend(f"metadata.name: {k} is declared {n} times" for k, n in seen.items() if n > 1)
     if problems:
-        raise SpecError(problems, source=", ".join(str(p) for p in paths))
+        raise SpecError(problems, source="invalid ModelService spec")
     return out
