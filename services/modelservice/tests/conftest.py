@@ -92,6 +92,12 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture
+def merge() -> Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]:
+    """Deep-merge spec overrides into a base spec (dicts merge, everything else replaces)."""
+    return _merge
+
+
+@pytest.fixture
 def make_spec() -> Callable[..., ModelService]:
     """`make_spec(name, **spec_fields)` -> a validated ModelService (spec fields camelCase)."""
 

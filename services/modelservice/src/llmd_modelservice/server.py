@@ -18,22 +18,22 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
-import uvicorn
 import yaml
 
 from llmd_modelservice import __version__
-from llmd_modelservice.api import create_app
 from llmd_modelservice.config import ReconcileSettings, ServeSettings
 from llmd_modelservice.crd import crd
 from llmd_modelservice.hardware import HardwareError, load_profile
 from llmd_modelservice.planner import PlanError, plan_specs
 from llmd_modelservice.render import render, to_yaml, write_base
 from llmd_modelservice.spec import ModelService
-from llmd_modelservice.supervisor import Supervisor
 from llmd_modelservice.validation import SpecError, load_specs
+
+if TYPE_CHECKING:
+    from llmd_modelservice.supervisor import Supervisor
 
 EXIT_RUNTIME, EXIT_INPUT, EXIT_PLAN = 1, 2, 3
 ACCELERATORS = ("nvidia", "amd", "intel-xpu", "tpu", "cpu")
@@ -83,6 +83,10 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 async def _serve(sup: Supervisor, sock: socket.socket, settings: ServeSettings) -> None:
+    import uvicorn
+
+    from llmd_modelservice.api import create_app
+
     app = create_app(sup, heartbeat_seconds=settings.watch_heartbeat_seconds)
     config = uvicorn.Config(
         app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=2
@@ -113,6 +117,9 @@ async def _serve(sup: Supervisor, sock: socket.socket, settings: ServeSettings) 
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    # Imported here: the web stack is only needed to serve (plan/render/crd start faster).
+    from llmd_modelservice.supervisor import Supervisor
+
     overrides = {
         k: v
         for k, v in {
