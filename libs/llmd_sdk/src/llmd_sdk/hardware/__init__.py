@@ -7,7 +7,7 @@
 Imports only the standard library and pydantic; nvidia-ml-py is loaded when NVML is probed.
 """
 
-from llmd_sdk.hardware.detect import detect
+from llmd_sdk.hardware.detection import detect
 from llmd_sdk.hardware.probe import Probe
 from llmd_sdk.hardware.profile import Accelerator, AcceleratorDevice, CPUInfo, HardwareProfile
 from llmd_sdk.hardware.system import CommandResult, CommandRunner, NVMLApi, SystemView

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from llmd_sdk.hardware.detect import detect
+from llmd_sdk.hardware.detection import detect
 from llmd_sdk.hardware.system import SystemView
 
 

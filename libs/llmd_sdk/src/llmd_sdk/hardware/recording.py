@@ -214,7 +214,7 @@ def record_machine(out: Path, base: SystemView | None = None) -> HardwareProfile
     """Detect on `base` (this machine by default), write the fixture tree under `out`, and
     return the profile. When NVML found GPUs, nvidia-smi is run as well so the fixture can
     cross-check both sources."""
-    from llmd_sdk.hardware.detect import detect
+    from llmd_sdk.hardware.detection import detect
     from llmd_sdk.hardware.nvidia import probe_nvidia_smi
 
     if out.exists() and any(out.iterdir()):
