@@ -12,6 +12,7 @@ Needs only pydantic (and nvidia-ml-py for NVML); no other SDK module is imported
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,7 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         profile = detect()
 
-    print(profile.model_dump_json(indent=None if args.compact else 2))
+    try:
+        print(profile.model_dump_json(indent=None if args.compact else 2), flush=True)
+    except BrokenPipeError:  # `| head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
