@@ -174,7 +174,7 @@ def test_serve_runs_replicas_and_stops_cleanly_on_sigterm(tmp_path: Path) -> Non
         model = httpx.get(f"{base}/v1/models/cli").json()
         pids = [r["pid"] for r in model["groups"][0]["replicas"]]
         assert len(pids) == 2 and all(pids)
-        assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
+        assert httpx.get(f"{base}/healthz").json() == {"status": "SERVING"}
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:

@@ -13,6 +13,7 @@ from typing import Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from llmd_sdk.health import add_health_routes
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -45,14 +46,8 @@ def create_app(supervisor: Supervisor, *, heartbeat_seconds: float = 15.0) -> Fa
     async def _conflict(_: Request, exc: ScaleError) -> JSONResponse:
         return _error(409, "conflict", str(exc))
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz")
-    async def readyz() -> JSONResponse:
-        ok = sup.ready()
-        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+    # /healthz while alive; /readyz once every model group has a ready replica.
+    add_health_routes(app, sup.health)
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -5,15 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from llmd_sdk.settings import ServiceSettings, SettingsConfigDict
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def _default_log_dir() -> Path:
     return Path.home() / ".cache" / "llmd" / "modelservice" / "logs"
 
 
-class ServeSettings(BaseSettings):
+class ServeSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="LLMD_MODELSERVICE_", extra="ignore")
 
     host: str = "127.0.0.1"
@@ -26,7 +26,7 @@ class ServeSettings(BaseSettings):
     drain_on_shutdown: bool = True
 
 
-class ReconcileSettings(BaseSettings):
+class ReconcileSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="LLMD_MODELSERVICE_", extra="ignore")
 
     namespace: str | None = Field(default=None, description="watch one namespace; all if unset")

@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import atexit
 import json
-import logging
 import os
 import signal
 import socket
@@ -22,6 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 import yaml
+from llmd_sdk.settings import format_validation_error
+from llmd_sdk.telemetry import configure_logging as telemetry_logging
+from pydantic import ValidationError
 
 from llmd_modelservice import __version__
 from llmd_modelservice.config import ReconcileSettings, ServeSettings
@@ -42,22 +44,8 @@ log = structlog.get_logger("llmd_modelservice")
 
 
 def configure_logging(level: str, fmt: str) -> None:
-    lvl = getattr(logging, level.upper())
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
-    renderer: Any = (
-        structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
-    )
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso"),
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=False,
-    )
+    telemetry_logging("modelservice", level, json=use_json)
 
 
 def _fail(code: int, message: str) -> int:
@@ -316,6 +304,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INPUT
     except HardwareError as exc:
         return _fail(EXIT_INPUT, str(exc))
+    except ValidationError as exc:  # settings from LLMD_MODELSERVICE_* or flags
+        for line in format_validation_error(exc):
+            print(f"llmd-modelservice: settings: {line}", file=sys.stderr)
+        return EXIT_INPUT
     except PlanError as exc:
         return _fail(EXIT_PLAN, str(exc))
     except KeyboardInterrupt:

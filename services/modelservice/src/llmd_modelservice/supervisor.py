@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import structlog
 from llmd_sdk.hardware import HardwareProfile
+from llmd_sdk.health import HealthState
 
 from llmd_modelservice.accelerators import GPU_LIKE, Accelerator
 from llmd_modelservice.allocators import DeviceAllocationError, DeviceAllocator, PortAllocator
@@ -131,6 +132,7 @@ class Supervisor:
         self.devices = DeviceAllocator(d.index for d in (profile.devices if profile else []))
         self.models: dict[str, ModelRuntime] = {}
         self.client = httpx.AsyncClient()
+        self.health = HealthState()
         self.started = False
         self._closing = False
 
@@ -170,6 +172,7 @@ class Supervisor:
     async def shutdown(self, *, drain: bool = True) -> None:
         """Stop every replica (drained, in parallel) and close the HTTP client."""
         self._closing = True
+        self.health.shutdown()
         runners = [
             s.runner
             for rt in self.models.values()
@@ -371,6 +374,8 @@ class Supervisor:
         return True
 
     def _refresh_gauges(self) -> None:
+        if not self._closing:
+            self.health.set_ready(self.ready())
         g = self.metrics.replicas
         g.clear()
         for rt in self.models.values():
