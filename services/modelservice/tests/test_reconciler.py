@@ -11,7 +11,12 @@ the kind suite: see `test_against_a_real_cluster`.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import pytest
 import yaml
 from kubernetes import client as k8s
@@ -299,3 +305,68 @@ def test_against_a_real_cluster() -> None:
             "owner-reference garbage collection and CRD admission run in tests/e2e/kind"
         )
     pytest.skip("the kind suite (tests/e2e/kind) runs the reconciler against a real cluster")
+
+
+def test_reconcile_command_serves_health_and_metrics(
+    fake_api: tuple[FakeAPI, KubeClient], tmp_path: Path
+) -> None:
+    api, client = fake_api
+    api.modelservices = [_stored("sim-small")]
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {"name": "fake", "cluster": {"server": client.api.configuration.host}}
+                ],
+                "users": [{"name": "u", "user": {}}],
+                "contexts": [{"name": "c", "context": {"cluster": "fake", "user": "u"}}],
+                "current-context": "c",
+            }
+        )
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llmd_modelservice.server",
+            "reconcile",
+            "--kubeconfig",
+            str(kubeconfig),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        ready = False
+        while not ready and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                ready = httpx.get(f"{base}/readyz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                ready = False
+            if not ready:
+                time.sleep(0.05)
+        assert ready, "ready after the first full sync"
+        metrics = httpx.get(f"{base}/metrics").text
+        assert 'llmd_modelservice_reconciles_total{result="applied"} 1.0' in metrics
+        assert any(r["path"].endswith("/deployments/sim-small") for r in api.of("PATCH"))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -30,6 +30,8 @@ class ReconcileSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="LLMD_MODELSERVICE_", extra="ignore")
 
     namespace: str | None = Field(default=None, description="watch one namespace; all if unset")
+    host: str = Field(default="0.0.0.0", description="health and metrics listen address")
+    port: int = Field(default=8090, ge=0, le=65535)
     kubeconfig: Path | None = None
     resync_seconds: float = Field(default=60.0, gt=0)
     field_manager: str = "llmd-modelservice"

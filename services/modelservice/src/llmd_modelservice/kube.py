@@ -7,6 +7,7 @@ the status subresource with a JSON merge patch, and streams watches with `kubern
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -71,6 +72,17 @@ class KubeClient:
         self.api = api
         self.custom = k8s.CustomObjectsApi(api)
         self.timeout = timeout
+        self._watch: Any = None
+
+    def interrupt(self) -> None:
+        """Unblock a watch being read in another thread (shutdown)."""
+        w = self._watch
+        if w is not None:
+            w.stop()
+            resp = getattr(w, "_resp", None)
+            if resp is not None:
+                with contextlib.suppress(Exception):
+                    resp.shutdown() if hasattr(resp, "shutdown") else resp.close()
 
     def _call(
         self,
@@ -139,6 +151,7 @@ class KubeClient:
         self, namespace: str | None, resource_version: str, timeout_seconds: int
     ) -> Iterator[dict[str, Any]]:
         w = k8s_watch.Watch()  # type: ignore[no-untyped-call]
+        self._watch = w
         group, version = API_GROUP, API_VERSION
         if namespace is None:
             func: Any = self.custom.list_cluster_custom_object
@@ -156,3 +169,4 @@ class KubeClient:
             )
         finally:
             w.stop()  # type: ignore[no-untyped-call]
+            self._watch = None

@@ -62,3 +62,23 @@ class SupervisorMetrics:
             registry=r,
         )
         self.watchers = Gauge(f"{PREFIX}_watchers", "Open endpoint watch streams.", registry=r)
+
+
+class ReconcilerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.reconciles = Counter(
+            f"{PREFIX}_reconciles_total",
+            "ModelService reconciles by result (applied, apply_failed, invalid_spec).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            f"{PREFIX}_reconcile_duration_seconds",
+            "Time to render, apply, prune and write status for one ModelService.",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.relists = Counter(
+            f"{PREFIX}_relists_total", "Full list-and-reconcile passes.", registry=self.registry
+        )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -19,6 +20,7 @@ import structlog
 from kubernetes.client.exceptions import ApiException
 
 from llmd_modelservice.kube import KINDS, MODELSERVICE, Kind, kind_of
+from llmd_modelservice.metrics import ReconcilerMetrics
 from llmd_modelservice.planner import PlanError
 from llmd_modelservice.render import MANAGED_BY, render
 from llmd_modelservice.spec import API_GROUP, API_VERSION
@@ -39,6 +41,7 @@ class KubeAPI(Protocol):
     def watch_modelservices(
         self, namespace: str | None, resource_version: str, timeout_seconds: int
     ) -> Any: ...
+    def interrupt(self) -> None: ...
 
 
 def _now() -> str:
@@ -79,6 +82,8 @@ class Reconciler:
         resync_seconds: float = 60.0,
         kvmanager_endpoint: str | None = None,
         watch_timeout_seconds: int = 30,
+        metrics: ReconcilerMetrics | None = None,
+        on_synced: Callable[[], None] | None = None,
     ) -> None:
         self.api = api
         self.namespace = namespace
@@ -86,12 +91,24 @@ class Reconciler:
         self.resync_seconds = resync_seconds
         self.kvmanager_endpoint = kvmanager_endpoint
         self.watch_timeout_seconds = watch_timeout_seconds
+        self.metrics = metrics or ReconcilerMetrics()
+        self.on_synced = on_synced
         self._done_generation: dict[tuple[str, str], int | None] = {}
 
     # -- one object -------------------------------------------------------------------------
 
     def reconcile(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Apply what the spec renders; return the status written."""
+        with self.metrics.duration.time():
+            status = self._reconcile(obj)
+        reconciled = next(c for c in status["conditions"] if c["type"] == "Reconciled")
+        result = {"Applied": "applied", "InvalidSpec": "invalid_spec"}.get(
+            reconciled["reason"], "apply_failed"
+        )
+        self.metrics.reconciles.labels(result).inc()
+        return status
+
+    def _reconcile(self, obj: dict[str, Any]) -> dict[str, Any]:
         meta = obj.get("metadata", {})
         ns, name = meta.get("namespace", "default"), meta["name"]
         gen = meta.get("generation")
@@ -224,6 +241,9 @@ class Reconciler:
             item.setdefault("apiVersion", f"{API_GROUP}/{API_VERSION}")
             item.setdefault("kind", "ModelService")
             self.reconcile(item)
+        self.metrics.relists.inc()
+        if self.on_synced is not None:
+            self.on_synced()
         rv: str = listing.get("metadata", {}).get("resourceVersion", "")
         return rv
 
@@ -250,5 +270,7 @@ class Reconciler:
                 log.error("kubernetes API error; retrying", error=_api_error(exc))
                 stop.wait(5.0)
             except Exception as exc:  # keep the controller alive; the next relist repairs
+                if stop.is_set():
+                    return
                 log.error("reconcile loop error; retrying", error=repr(exc))
                 stop.wait(5.0)

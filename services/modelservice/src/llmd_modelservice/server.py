@@ -213,6 +213,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
             "kubeconfig": args.kubeconfig,
             "resync_seconds": args.resync_seconds,
             "kvmanager_endpoint": args.kvmanager,
+            "host": getattr(args, "host", None),
+            "port": getattr(args, "port", None),
         }.items()
         if v is not None
     }
@@ -232,14 +234,43 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     if args.once:
         rec.sync_all()
         return 0
-    stop = threading.Event()
+    try:
+        sock = _bind(settings.host, settings.port)
+    except OSError as exc:
+        return _fail(
+            EXIT_RUNTIME, f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}"
+        )
+    asyncio.run(_reconcile_forever(rec, sock, settings))
+    return 0
+
+
+async def _reconcile_forever(rec: Any, sock: socket.socket, settings: ReconcileSettings) -> None:
+    """The controller loop in a thread; /healthz, /readyz (after the first full sync) and
+    /metrics on the main thread's event loop until SIGTERM/SIGINT."""
+    import uvicorn
+    from fastapi import FastAPI
+    from llmd_sdk.health import HealthState, add_health_routes
+    from llmd_sdk.telemetry import add_metrics_route
+
+    health = HealthState()
+    rec.on_synced = lambda: health.set_ready(True)
+    app = FastAPI(title="llmd-modelservice reconciler", version=__version__)
+    add_health_routes(app, health)
+    add_metrics_route(app, rec.metrics.registry)
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda *_: None)  # uvicorn re-raises the signal it stopped on
+    stop = threading.Event()
     worker = threading.Thread(target=rec.run, args=(stop,), daemon=True, name="reconciler")
     worker.start()
     log.info("reconciling ModelServices", namespace=settings.namespace or "(all)")
-    stop.wait()
-    return 0
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        health.shutdown()
+        stop.set()
+        rec.api.interrupt()
+        await asyncio.to_thread(worker.join, 10)
 
 
 # -- main --------------------------------------------------------------------------------------
@@ -290,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resync-seconds", type=float)
     s.add_argument("--kvmanager", help="KV-event endpoint in the cluster (tcp://host:port)")
     s.add_argument("--once", action="store_true", help="reconcile everything once and exit")
+    s.add_argument("--host", help="health/metrics listen address (default 0.0.0.0)")
+    s.add_argument("--port", type=int, help="health/metrics port (default 8090)")
     s.set_defaults(handler=cmd_reconcile)
     return p
 
