@@ -144,9 +144,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             pid = r.pid
             assert pid is not None
             before = len(received)
+            restarts = r.restarts
             t_kill = time.perf_counter()
             os.kill(pid, signal.SIGKILL)
-            await _wait(lambda r=r, pid=pid: r.state == ReplicaState.READY and r.pid != pid)
+
+            def back(r: Any = r, restarts: int = restarts) -> bool:
+                # Counted as restarted and serving again (pid alone is None once reaped).
+                return bool(r.restarts > restarts and r.state == ReplicaState.READY)
+
+            await _wait(back)
             recovery.append(time.perf_counter() - t_kill)
             # The recovered replica's ADDED event reaches the watcher.
             rid = r.plan.replica_id
