@@ -214,9 +214,15 @@ def api_server() -> Callable[..., contextlib.AbstractAsyncContextManager[str]]:
 
 @pytest.fixture
 def no_orphans() -> Iterator[None]:
-    """Fail if a fake engine process outlives the test."""
+    """Fail if a fake engine process this test started outlives it.
+
+    Only this process's children count: other pytest workers run engines of their own.
+    """
     yield
+    import os
     import subprocess
 
-    out = subprocess.run(["pgrep", "-f", str(FAKE_ENGINE)], capture_output=True, text=True)
+    out = subprocess.run(
+        ["pgrep", "-P", str(os.getpid()), "-f", str(FAKE_ENGINE)], capture_output=True, text=True
+    )
     assert out.stdout.strip() == "", f"orphan engine processes: {out.stdout.split()}"
