@@ -8,6 +8,7 @@ from llmd_sdk.tokenizer import (
     build_builtin,
     load_tokenizer,
 )
+from llmd_sdk.tokenizer.tokenizer import _chunks
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import models, pre_tokenizers
 
@@ -165,3 +166,31 @@ def test_builtin_rebuilds_bit_for_bit(tmp_path: Path) -> None:
     build_builtin.build(tmp_path)
     for name in ("tokenizer.json", "tokenizer_config.json", "config.json"):
         assert (tmp_path / name).read_bytes() == (BUILTIN_TOKENIZER_DIR / name).read_bytes()
+
+
+def _random_text(seed: int, n: int) -> str:
+    import random
+
+    rnd = random.Random(seed)
+    alphabet = "abcdefghij KLMNOP 0123 .,;:!?()[]{}'\"\n\t  é☕日本"
+    words = ["".join(rnd.choice(alphabet) for _ in range(rnd.randint(1, 12))) for _ in range(n)]
+    return rnd.choice(["", " ", "  ", "\n"]).join(words) if seed % 2 else " ".join(words)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_long_texts_encode_in_chunks_to_the_same_ids(seed: int) -> None:
+    tok = load_tokenizer()
+    raw = HFTokenizer.from_file(str(BUILTIN_TOKENIZER_DIR / "tokenizer.json"))
+    text = _random_text(seed, 4000)
+    assert len(text) > 8192  # takes the chunked path
+    assert len(_chunks(text)) > 1
+    for special in (True, False):
+        assert (
+            tok.encode(text, add_special_tokens=special)
+            == raw.encode(text, add_special_tokens=special).ids
+        )
+
+
+def test_other_tokenizers_are_not_chunked(tmp_path: Path) -> None:
+    _write_tokenizer(tmp_path, {})
+    assert not load_tokenizer(tmp_path)._split

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,47 @@ from llmd_sdk.tokenizer import chat_template as templating
 
 BUILTIN_TOKENIZER_DIR = Path(__file__).with_name("builtin")
 _SHORT_TEXT = 2048  # characters
+_CHUNKED_TEXT = 8192  # characters: above this, splittable tokenizers encode chunks in parallel
+_CHUNK = 4096
+# A single ASCII space between two visible ASCII characters starts a new pre-token for the
+# built-in tokenizer's pattern (` ?[^\s]+|\s+`), so cutting the text there cannot change the ids.
+_SAFE_CUT = re.compile(r"(?<=[!-~]) (?=[!-~])")
+_SPLITTABLE_PRE_TOKENIZER = {
+    "type": "Sequence",
+    "pretokenizers": [
+        {
+            "type": "Split",
+            "pattern": {"Regex": " ?[^\\s]+|\\s+"},
+            "behavior": "Isolated",
+            "invert": False,
+        },
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
+    ],
+}
+
+
+def _splittable(backend: tokenizers.Tokenizer) -> bool:
+    """True when cutting at `_SAFE_CUT` provably leaves the token ids unchanged."""
+    try:
+        spec = json.loads(backend.to_str())
+    except (ValueError, TypeError):
+        return False
+    return spec.get("normalizer") is None and spec.get("pre_tokenizer") == _SPLITTABLE_PRE_TOKENIZER
+
+
+def _chunks(text: str) -> list[str]:
+    out: list[str] = []
+    start = 0
+    while len(text) - start > _CHUNK:
+        m = _SAFE_CUT.search(text, start + _CHUNK)
+        if m is None:
+            break
+        out.append(text[start : m.start()])
+        start = m.start()
+    out.append(text[start:])
+    return out
+
+
 _SPECIAL_TOKEN_KEYS = (
     "bos_token",
     "eos_token",
@@ -76,6 +118,7 @@ class Tokenizer:
         self.eos_token = self.special_tokens.get("eos_token")
         self.bos_token_id = backend.token_to_id(self.bos_token) if self.bos_token else None
         self.eos_token_id = backend.token_to_id(self.eos_token) if self.eos_token else None
+        self._split = _splittable(backend)
         self.all_special_ids: frozenset[int] = frozenset(
             i
             for i in (backend.token_to_id(t) for t in self.special_tokens.values())
@@ -87,6 +130,12 @@ class Tokenizer:
         if len(text) < _SHORT_TEXT:
             # A batch call costs a thread-pool round trip: slower for short texts.
             return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+        if self._split and len(text) > _CHUNKED_TEXT:
+            # Long prompts: encode chunks cut at pre-token boundaries in parallel, then apply
+            # the post-processor (BOS) to the joined encoding. Same ids, about half the time.
+            parts = self._tok.encode_batch_fast(_chunks(text), add_special_tokens=False)
+            merged = tokenizers.Encoding.merge(parts)
+            return self._tok.post_process(merged, None, add_special_tokens).ids
         # encode_batch_fast skips offset tracking, the costliest part vLLM never uses.
         return self._tok.encode_batch_fast([text], add_special_tokens=add_special_tokens)[0].ids
 
