@@ -22,6 +22,7 @@ from llmd_sim.kv_publisher import ZmqEventPublisher
 from llmd_sim.metrics import EngineStats, LoRAInfo
 
 log = get_logger("llmd_sim.runner")
+_MAX_LAG = 0.05  # seconds
 
 
 class Stream:
@@ -130,9 +131,11 @@ class EngineRunner:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         core = self.core
+        anchor: float | None = None  # when the previous step ended, in model time
         while True:
             try:
                 if not core.has_work():
+                    anchor = None
                     wake = core.next_wakeup()
                     self._wakeup.clear()
                     timeout = None if wake is None else max(0.0, wake - loop.time())
@@ -140,13 +143,20 @@ class EngineRunner:
                         await asyncio.wait_for(self._wakeup.wait(), timeout)
                     if not core.has_work() and core.next_wakeup() is None:
                         continue
-                start = loop.time()
+                now = loop.time()
+                # Back-to-back steps start where the previous one ended, as a GPU keeps stepping
+                # while the API server is busy: a timer that fired late because the event loop
+                # was writing hundreds of SSE chunks must not stretch every step (the next sleep
+                # is shorter instead). Falling further behind than _MAX_LAG re-anchors on the
+                # wall clock: then the server, not the model, is the bottleneck.
+                start = anchor if anchor is not None and now - anchor < _MAX_LAG else now
                 core.track_tokens = self.active_streams > 0
                 result = core.step(start)
                 self._publish(result.events)
                 delay = result.end - loop.time()
                 await asyncio.sleep(delay if delay > 0 else 0)
                 self._dispatch(result, loop.time())
+                anchor = result.end if result.duration > 0 else None
             except asyncio.CancelledError:
                 raise
             except Exception:  # the engine must not die of one bad step
