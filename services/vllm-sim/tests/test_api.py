@@ -287,3 +287,26 @@ async def test_reset_prefix_cache_endpoint(make_sim: Any) -> None:
         assert r.status_code == 200 and not state.runners[0].core.kv.cached
         again = (await client.post("/v1/completions", json=req)).json()
         assert again["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+
+
+async def test_streaming_several_choices_finishes_each(make_sim: Any) -> None:
+    async with make_sim("--time-scale", "0.01") as (client, _):
+        r = await client.post(
+            "/v1/chat/completions",
+            json={
+                "model": "llmd-sim",
+                "messages": [{"role": "user", "content": "x"}],
+                "n": 2,
+                "max_tokens": 5,
+                "stream": True,
+            },
+        )
+        events = sse_events(r.text)
+        assert events[-1] == "[DONE]"
+        by_index: dict[int, list[Any]] = {0: [], 1: []}
+        for c in events[:-1]:
+            by_index[c["choices"][0]["index"]].append(c["choices"][0])
+        for choices in by_index.values():
+            assert choices[0]["delta"] == {"role": "assistant", "content": ""}
+            assert [c["finish_reason"] for c in choices][-1] == "length"
+            assert sum(1 for c in choices if c["delta"].get("content")) == 5
