@@ -1,0 +1,127 @@
+"""Reading the `model` out of an OpenAI request body, and writing a new one in.
+
+One msgspec pass validates the whole JSON and decodes only the `model` member (every other
+member is skipped in C), so BBR checks each body completely at a fraction of a full parse.
+Rejections carry the HTTP status, a one-line message and the outcome label for metrics.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgspec
+
+from llmd_bbr.model_scan import find_model
+
+# Header values cannot carry control characters; a model name is a header value.
+_CONTROL = frozenset(range(0x20)) | {0x7F}
+MAX_MODEL_CHARS = 1024
+
+
+class BodyRejected(Exception):
+    """A body BBR refuses: answered with an OpenAI error instead of being routed."""
+
+    def __init__(self, status: int, message: str, outcome: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.outcome = outcome
+        self.param = param
+
+
+class _ModelOnly(msgspec.Struct):
+    model: Any = msgspec.UNSET
+
+
+_decoder = msgspec.json.Decoder(_ModelOnly)
+
+
+def extract_model(body: bytes) -> str | None:
+    """The body's top-level `model`, or None when the object has no `model` member.
+
+    Raises `BodyRejected` (400) when the body is not a JSON object, or `model` is not a string a
+    header can carry. A repeated `model` key resolves to its last value, as in every JSON parser
+    the request meets downstream.
+    """
+    try:
+        doc = _decoder.decode(body)
+    except msgspec.ValidationError:
+        # The only typed thing is the top level: it is valid JSON but not an object.
+        raise BodyRejected(
+            400, f"request body must be a JSON object, not {_json_kind(body)}", "invalid_json"
+        ) from None
+    except msgspec.DecodeError as exc:
+        raise BodyRejected(400, f"request body is not valid JSON: {exc}", "invalid_json") from None
+    model = doc.model
+    if model is msgspec.UNSET:
+        return None
+    return check_model(model)
+
+
+def check_model(model: Any) -> str:
+    """`model` as a routable name, or `BodyRejected` naming what is wrong with it."""
+    if not isinstance(model, str):
+        raise BodyRejected(
+            400,
+            f"model must be a string, got {_json_type_name(model)}",
+            "invalid_model",
+            "model",
+        )
+    if not model:
+        raise BodyRejected(400, "model must not be empty", "invalid_model", "model")
+    if len(model) > MAX_MODEL_CHARS:
+        raise BodyRejected(
+            400, f"model is longer than {MAX_MODEL_CHARS} characters", "invalid_model", "model"
+        )
+    if any(ord(ch) in _CONTROL for ch in model):
+        raise BodyRejected(
+            400, "model must not contain control characters", "invalid_model", "model"
+        )
+    return model
+
+
+def rewrite_model(body: bytes, new_model: str) -> bytes:
+    """`body` with its (last) top-level `model` string replaced by `new_model`.
+
+    Only the value's bytes change: every other member keeps its exact bytes. The caller has
+    already checked, with `extract_model`, that the body is an object with a string `model`.
+    """
+    token = find_model(body, last=True)
+    if token is None or token.value is None:
+        raise ValueError("body has no top-level model string to rewrite")
+    return splice_model(body, token.start, token.end, new_model)
+
+
+def splice_model(body: bytes | bytearray, start: int, end: int, new_model: str) -> bytes:
+    return b"".join((body[:start], encode_model(new_model), body[end:]))
+
+
+def encode_model(model: str) -> bytes:
+    """A model name as a JSON string token (UTF-8, like the bodies it goes into)."""
+    return json.dumps(model, ensure_ascii=False).encode()
+
+
+def _json_type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _json_kind(body: bytes) -> str:
+    first = body.lstrip()[:1]
+    return {
+        b"[": "an array",
+        b'"': "a string",
+        b"n": "null",
+        b"t": "a boolean",
+        b"f": "a boolean",
+    }.get(first, "a number")
