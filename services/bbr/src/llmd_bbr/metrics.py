@@ -8,9 +8,8 @@ serves their sum (gauges: `livesum`/`livemax`).
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
 from llmd_sdk.telemetry import BYTES_BUCKETS
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # Parse latency: msgspec reads a 64 KiB body in tens of microseconds.
 PARSE_BUCKETS = (

@@ -184,10 +184,13 @@ class ModelScanner:
                     self._pos = pos
                     self._state = _State.SKIP_SCALAR
             elif state is _State.AFTER_VALUE:
-                if self._key_is_model and self._value_start >= 0 and buf[self._value_start] != 0x22:
-                    # `model` was an object, array, number, bool or null: known, not a string.
-                    if self._found(None, self._value_start, pos):
-                        return
+                # `model` was an object, array, number, bool or null: known, not a string.
+                if (
+                    self._key_is_model
+                    and buf[self._value_start] != 0x22
+                    and self._found(None, self._value_start, pos)
+                ):
+                    return
                 self._key_is_model = False
                 if c == 0x2C:  # ","
                     self._pos = pos + 1

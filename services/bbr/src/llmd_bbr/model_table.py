@@ -140,20 +140,27 @@ class _Builder:
 
     def build(self, source: str) -> ModelTable:
         for name, alias in self.aliases.items():
+            if name == alias.target:
+                raise TableError(f"aliases.{_key(name)}: an alias cannot point to itself")
             if alias.target in self.aliases:
                 raise TableError(
-                    f"aliases.{name}: target {alias.target!r} is itself an alias (one hop only)"
+                    f"aliases.{_key(name)}: target {alias.target!r} is itself an alias"
+                    " (one hop only)"
                 )
             if name in self.adapter_base or name in self.base_models:
-                raise TableError(f"aliases.{name}: {name!r} is also a served model name")
-            if name == alias.target:
-                raise TableError(f"aliases.{name}: an alias cannot point to itself")
+                raise TableError(f"aliases.{_key(name)}: {name!r} is also a served model name")
         return ModelTable(
             aliases=dict(self.aliases),
             adapter_base=dict(self.adapter_base),
             base_models=frozenset(self.base_models | set(self.adapter_base.values())),
             source=source,
         )
+
+
+def _key(name: Any) -> str:
+    """A name as it may appear in a one-line message."""
+    text = str(name)
+    return text if text.isprintable() else repr(text)
 
 
 def _name(value: Any, where: str) -> str:
@@ -207,12 +214,13 @@ def _read_document(doc: Any, builder: _Builder) -> None:
     for i, base in enumerate(spec.base_models):
         builder.base(base, f"baseModels[{i}]")
     for base, adapters in spec.adapters.items():
-        base = _name(base, f"adapters.{base}")
-        builder.base(base, f"adapters.{base}")
+        where = f"adapters.{_key(base)}"
+        base = _name(base, where)
+        builder.base(base, where)
         for i, adapter in enumerate(adapters):
-            builder.adapter(adapter, base, f"adapters.{base}[{i}]")
+            builder.adapter(adapter, base, f"{where}[{i}]")
     for name, alias_spec in spec.aliases.items():
-        builder.alias(name, alias_spec, f"aliases.{name}")
+        builder.alias(name, alias_spec, f"aliases.{_key(name)}")
 
 
 def _read_configmap(doc: dict[str, Any], builder: _Builder) -> None:
@@ -231,12 +239,12 @@ def _read_configmap(doc: dict[str, Any], builder: _Builder) -> None:
         base = _name(base, f"{label}: data.baseModel")
         builder.base(base, f"{label}: data.baseModel")
         for i, adapter in enumerate(_yaml_field(data.get("adapters"), list, label, "adapters")):
-            if isinstance(adapter, str) and not adapter.strip():
+            if adapter is None or (isinstance(adapter, str) and not adapter.strip()):
                 continue  # blank entries are skipped, as upstream does
             builder.adapter(adapter, base, f"{label}: data.adapters[{i}]")
     aliases = _yaml_field(aliases_raw, dict, label, "aliases")
     for name, spec in aliases.items():
-        where = f"{label}: data.aliases.{name}"
+        where = f"{label}: data.aliases.{_key(name)}"
         if isinstance(spec, dict):
             try:
                 spec = _AliasSpec.model_validate(spec)

@@ -1,0 +1,396 @@
+"""BBR's ext_proc exchange: one `BBRStream` per request, on the SDK's `ExtProcStream`.
+
+Request headers are remembered (path, content-type, request id) and answered according to the
+body mode; the body is read once, at end of stream, and the decision (`llmd_bbr.router`) comes
+back as header mutations with `clear_route_cache` so Envoy re-picks the route.
+
+FULL_DUPLEX_STREAMED (and STREAMED with `send_body_without_waiting_for_header_response`) get an
+early path: an incremental scan (`llmd_bbr.model_scan`) finds the top-level `model` while the
+body is still arriving; the headers response goes out at once, the chunks held so far follow as
+body responses, and every later chunk is answered as it arrives. The whole body is still parsed
+at end of stream: a body that turns out not to be JSON, or that repeats `model` with another
+value, ends with a 400 instead of its last chunk.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmd_sdk.contracts import ext_proc
+from llmd_sdk.extproc import BodyMode, ExtProcStream, Headers, Reply, StreamContext
+from llmd_sdk.extproc.messages import common_response, immediate_response
+from llmd_sdk.openai import error_json
+
+from llmd_bbr.body import BodyRejected, encode_model, splice_model
+from llmd_bbr.metrics import BBRMetrics
+from llmd_bbr.model_scan import ModelScanner
+from llmd_bbr.router import BodyRouter, Decision
+
+REQUEST_ID = "x-request-id"
+STREAM_CHUNK = 64 * 1024  # Envoy's recommended ceiling for one streamed body response
+
+# Content types that are never a JSON body (multipart forms, e.g. audio transcriptions).
+_NOT_JSON_PREFIXES = ("multipart/", "application/octet-stream", "application/x-www-form-urlencoded")
+
+
+@dataclass
+class BBRService:
+    """What every stream shares: the router (and its swappable table), metrics, logs, tracing."""
+
+    router: BodyRouter
+    metrics: BBRMetrics
+    log: Any
+    max_body_bytes: int = 8 * 1024 * 1024
+    early_streaming: bool = True
+    assume_body_mode: BodyMode = BodyMode.BUFFERED
+    tracer: Any = None  # an OpenTelemetry tracer when tracing is on
+    # One warning per process for a misconfiguration that affects every request.
+    _warned: set[str] = field(default_factory=set)
+
+    def warn_once(self, key: str, message: str, **fields: Any) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            self.log.warning(message, **fields)
+
+    def stream(self, context: StreamContext) -> BBRStream:
+        return BBRStream(self, context)
+
+
+_HEADERS_CONTINUE = ext_proc.ProcessingResponse(
+    request_headers=ext_proc.HeadersResponse(response=ext_proc.CommonResponse())
+)
+_BODY_CONTINUE = ext_proc.ProcessingResponse(
+    request_body=ext_proc.BodyResponse(response=ext_proc.CommonResponse())
+)
+
+
+class BBRStream(ExtProcStream):
+    service_name = "bbr"
+
+    def __init__(self, service: BBRService, context: StreamContext | None = None) -> None:
+        self.default_request_body_mode = service.assume_body_mode
+        super().__init__(context)
+        self.svc = service
+        self.max_request_body_bytes = service.max_body_bytes
+        self.request_id = ""
+        self.path = ""
+        self.outcome: str | None = None
+        self._span: Any = None
+        self._headers_decided = False
+        # Early path state (streamed modes only).
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._chunks = 0
+        self._scanner: ModelScanner | None = None
+        self._early: Decision | None = None
+        service.metrics.active_streams.inc()
+
+    # ---------------------------------------------------------------- hooks
+    async def on_request_headers(self, headers: Headers, end_of_stream: bool) -> Reply | None:
+        self.request_id = headers.get(REQUEST_ID, "")
+        self.path = headers.get(":path", "")
+        if self.svc.tracer is not None:
+            self._start_span(headers)
+        if end_of_stream:
+            return self._pass("passthrough")
+        ctype = headers.get("content-type", "").lower()
+        if ctype.startswith(_NOT_JSON_PREFIXES):
+            return self._pass("skipped")
+        if self.request_body_mode == BodyMode.NONE:
+            self.svc.warn_once(
+                "body_mode_none",
+                "Envoy sends no request body to BBR (request_body_mode NONE): nothing to route on",
+            )
+            return self._pass("passthrough")
+        return None
+
+    async def on_request_body(self, headers: Headers, body: bytes) -> Reply:
+        """The whole body (BUFFERED, plain STREAMED, and streamed bodies that end before the
+        model shows): decide once."""
+        decision_or_error = self._decide(body)
+        if isinstance(decision_or_error, Reply):
+            return decision_or_error
+        decision = decision_or_error
+        outcome = decision.outcome
+        if outcome == "routed" and self._headers_unreachable():
+            outcome = "headers_dropped"
+            self.svc.warn_once(
+                "headers_dropped",
+                "STREAMED request body without send_body_without_waiting_for_header_response: "
+                "Envoy ignores header mutations in body responses, so BBR cannot route. Configure "
+                "FULL_DUPLEX_STREAMED, BUFFERED, or set send_body_without_waiting_for_header_response",
+            )
+        self._finish(outcome, decision)
+        return _reply(decision)
+
+    def on_error(self, exc: BaseException) -> None:
+        self.svc.log.error(
+            "internal error",
+            request_id=self.request_id,
+            path=self.path,
+            error=f"{type(exc).__name__}: {exc}",
+        )
+        self._finish("error")
+
+    async def on_close(self, complete: bool) -> None:
+        if self.outcome is None:
+            self._finish("cancelled")
+        self._parts = []
+        self._scanner = None
+        self.svc.metrics.active_streams.dec()
+
+    # ------------------------------------------------------------- body handling
+    async def _on_request_body(self, msg: ext_proc.HttpBody) -> list[ext_proc.ProcessingResponse]:
+        if self._headers_decided:
+            return await super()._on_request_body(msg)
+        chunk, eos = msg.body, msg.end_of_stream
+        self._size += len(chunk)
+        if self._size > self.max_request_body_bytes:
+            return [self._reject(BodyRejected(
+                413,
+                f"request body exceeds {self.max_request_body_bytes} bytes",
+                "too_large",
+            ))]  # fmt: skip
+        if not self._early_capable():
+            return await super()._on_request_body(msg)
+        self._parts.append(chunk)
+        self._chunks += 1
+        if self._early is not None:
+            return self._after_early(chunk, eos)
+        if not eos:
+            return self._try_early(chunk)
+        # The body ended before the model showed (often: it came in one chunk).
+        body = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
+        self._parts = []
+        self._scanner = None
+        result = self._decide(body)
+        if isinstance(result, Reply):
+            return [result.immediate] if result.immediate is not None else []
+        self._finish(result.outcome, result)
+        return self._deliver_streamed(result, body)
+
+    def _early_capable(self) -> bool:
+        mode = self.request_body_mode
+        return mode == BodyMode.FULL_DUPLEX_STREAMED or (
+            mode == BodyMode.STREAMED and self.send_body_without_waiting
+        )
+
+    def _headers_unreachable(self) -> bool:
+        return self.request_body_mode == BodyMode.STREAMED and not self.send_body_without_waiting
+
+    def _try_early(self, chunk: bytes) -> list[ext_proc.ProcessingResponse]:
+        if not self.svc.early_streaming:
+            return []
+        if self._scanner is None:
+            self._scanner = ModelScanner()
+        token = self._scanner.feed(chunk)
+        if token is None or token.value is None:
+            return []  # not yet, or `model` is not a plain string: the full parse will tell
+        try:
+            decision = self.svc.router.decide_model(token.value)
+        except BodyRejected as exc:
+            return [self._reject(exc)]
+        self._scanner = None
+        self._early = decision
+        self.svc.metrics.early.inc()
+        held = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
+        set_headers = dict(decision.set_headers)
+        route = decision.route
+        replacement: bytes | None = None
+        if route is not None and route.rewrite_to is not None:
+            replacement = splice_model(held, token.start, token.end, route.rewrite_to)
+            cl = self.request_headers.get("content-length", "")
+            if cl.isdigit():
+                delta = len(encode_model(route.rewrite_to)) - (token.end - token.start)
+                set_headers["content-length"] = str(int(cl) + delta)
+        out = [_headers_response(set_headers, decision.remove_headers)]
+        if self.request_body_mode == BodyMode.FULL_DUPLEX_STREAMED:
+            out.extend(_streamed_body(replacement if replacement is not None else held, eos=False))
+        else:  # STREAMED: one answer per chunk received so far, in order
+            out.extend(_streamed_mode_answers(self._chunks, replacement))
+        return out
+
+    def _after_early(self, chunk: bytes, eos: bool) -> list[ext_proc.ProcessingResponse]:
+        full_duplex = self.request_body_mode == BodyMode.FULL_DUPLEX_STREAMED
+        if not eos:
+            return [_streamed(chunk, False) if full_duplex else _BODY_CONTINUE]
+        body = b"".join(self._parts)
+        self._parts = []
+        early = self._early
+        assert early is not None
+        result = self._decide(body)
+        if isinstance(result, Reply):
+            return [result.immediate] if result.immediate is not None else []
+        if result.model != early.model:
+            return [self._reject(BodyRejected(
+                400,
+                "request body repeats the top-level model member with different values",
+                "invalid_model",
+                "model",
+            ))]  # fmt: skip
+        self._finish(result.outcome, early)
+        return [_streamed(chunk, True) if full_duplex else _BODY_CONTINUE]
+
+    def _deliver_streamed(
+        self, decision: Decision, body: bytes
+    ) -> list[ext_proc.ProcessingResponse]:
+        """Headers response, then the whole body, once the body is complete."""
+        set_headers = dict(decision.set_headers)
+        if decision.body is not None and "content-length" in self.request_headers:
+            set_headers["content-length"] = str(len(decision.body))
+        out = [_headers_response(set_headers, decision.remove_headers, decision.route is not None)]
+        if self.request_body_mode == BodyMode.FULL_DUPLEX_STREAMED:
+            out.extend(_streamed_body(decision.body if decision.body is not None else body, True))
+        else:
+            out.extend(_streamed_mode_answers(self._chunks, decision.body))
+        return out
+
+    # ------------------------------------------------------------------ helpers
+    def _decide(self, body: bytes) -> Decision | Reply:
+        """Route `body`, timing it; a Reply carries the rejection."""
+        metrics = self.svc.metrics
+        t0 = time.perf_counter()
+        try:
+            decision = self.svc.router.decide(body)
+        except BodyRejected as exc:
+            metrics.parse_seconds.observe(time.perf_counter() - t0)
+            metrics.body_bytes.observe(len(body))
+            return Reply(immediate=self._reject(exc))
+        metrics.parse_seconds.observe(time.perf_counter() - t0)
+        if body:
+            metrics.body_bytes.observe(len(body))
+        return decision
+
+    def _reject(self, exc: BodyRejected) -> ext_proc.ProcessingResponse:
+        self.finished = True
+        self.svc.log.warning(
+            "request rejected",
+            request_id=self.request_id,
+            path=self.path,
+            status=exc.status,
+            reason=exc.outcome,
+            error=exc.message,
+        )
+        self._finish(exc.outcome)
+        return immediate_response(
+            exc.status,
+            error_json(exc.status, exc.message, param=exc.param),
+            details=f"bbr_{exc.outcome}",
+        )
+
+    def _pass(self, outcome: str) -> Reply:
+        self._headers_decided = True
+        self._finish(outcome)
+        return Reply()
+
+    def _finish(self, outcome: str, decision: Decision | None = None) -> None:
+        if self.outcome is not None:
+            return
+        self.outcome = outcome
+        metrics = self.svc.metrics
+        metrics.record(outcome)
+        if decision is not None and decision.route is not None and decision.route.rewrite_to:
+            metrics.rewrites.inc()
+        if decision is not None and decision.route is not None:
+            self.svc.log.debug(
+                "routed",
+                request_id=self.request_id,
+                model=decision.model,
+                target=decision.route.model,
+                base_model=decision.route.base_model,
+                outcome=outcome,
+            )
+        if self._span is not None:
+            self._end_span(outcome, decision)
+
+    def _start_span(self, headers: Headers) -> None:
+        from llmd_sdk.telemetry import extract_context
+
+        span = self.svc.tracer.start_span("bbr.route", context=extract_context(headers))
+        span.set_attribute("http.request.method", headers.get(":method", ""))
+        span.set_attribute("url.path", self.path)
+        span.set_attribute("ext_proc.request_body_mode", self.request_body_mode.name)
+        if self.request_id:
+            span.set_attribute("http.request.header.x-request-id", self.request_id)
+        self._span = span
+
+    def _end_span(self, outcome: str, decision: Decision | None) -> None:
+        span, self._span = self._span, None
+        span.set_attribute("bbr.outcome", outcome)
+        span.set_attribute("http.request.body.size", self._size)
+        if decision is not None and decision.route is not None:
+            span.set_attribute("gen_ai.request.model", decision.model or "")
+            span.set_attribute("bbr.target_model", decision.route.model)
+            if decision.route.base_model:
+                span.set_attribute("bbr.base_model", decision.route.base_model)
+        if outcome in ("error",) or outcome.startswith("invalid") or outcome == "too_large":
+            from opentelemetry.trace import Status, StatusCode
+
+            span.set_status(Status(StatusCode.ERROR, outcome))
+        span.end()
+
+
+def _reply(decision: Decision) -> Reply:
+    if decision.route is None:
+        return Reply()
+    return Reply(
+        set_headers=decision.set_headers,
+        remove_headers=decision.remove_headers,
+        clear_route_cache=True,
+        body=decision.body,
+    )
+
+
+def _headers_response(
+    set_headers: Mapping[str, str], remove: tuple[str, ...], clear_route_cache: bool = True
+) -> ext_proc.ProcessingResponse:
+    if not set_headers and not remove:
+        return _HEADERS_CONTINUE
+    return ext_proc.ProcessingResponse(
+        request_headers=ext_proc.HeadersResponse(
+            response=common_response(
+                set_headers=set_headers,
+                remove_headers=remove,
+                clear_route_cache=clear_route_cache,
+            )
+        )
+    )
+
+
+def _streamed(chunk: bytes, eos: bool) -> ext_proc.ProcessingResponse:
+    cr = ext_proc.CommonResponse()
+    cr.body_mutation.streamed_response.body = chunk
+    cr.body_mutation.streamed_response.end_of_stream = eos
+    return ext_proc.ProcessingResponse(request_body=ext_proc.BodyResponse(response=cr))
+
+
+def _streamed_body(body: bytes, eos: bool) -> list[ext_proc.ProcessingResponse]:
+    """`body` as FULL_DUPLEX_STREAMED body responses of at most 64 KiB; the last carries `eos`."""
+    n = len(body)
+    if n <= STREAM_CHUNK:
+        return [_streamed(body, eos)]
+    return [
+        _streamed(body[i : i + STREAM_CHUNK], eos and i + STREAM_CHUNK >= n)
+        for i in range(0, n, STREAM_CHUNK)
+    ]
+
+
+def _streamed_mode_answers(
+    chunks: int, replacement: bytes | None
+) -> list[ext_proc.ProcessingResponse]:
+    """STREAMED mode: one answer per chunk received; a replacement body rides on the first
+    answer and clears the others."""
+    if replacement is None:
+        return [_BODY_CONTINUE] * chunks
+    out = []
+    for i in range(chunks):
+        cr = ext_proc.CommonResponse()
+        if i == 0 and replacement:
+            cr.body_mutation.body = replacement
+        else:
+            cr.body_mutation.clear_body = True
+        out.append(ext_proc.ProcessingResponse(request_body=ext_proc.BodyResponse(response=cr)))
+    return out
