@@ -26,7 +26,7 @@ DOCS: list[bytes] = [
     b'{"model": "first", "x": 1, "model": "second"}',
     b'{"prompt": "no model here", "models": "plural", "mode": "x"}',
     b"{}",
-    b"  \n {\n  \"model\"\n  :\n  \"ws\"\n}\n",
+    b'  \n {\n  "model"\n  :\n  "ws"\n}\n',
     b'[{"model": "in-array"}]',
     b'"model"',
 ]
@@ -105,7 +105,7 @@ def test_an_absent_model_is_known_at_the_closing_brace() -> None:
 
 
 def test_large_nested_value_split_in_many_chunks_is_linear() -> None:
-    messages = [{"role": "user", "content": "é\\\"{[" * 50} for _ in range(200)]
+    messages = [{"role": "user", "content": 'é\\"{[' * 50} for _ in range(200)]
     body = json.dumps({"messages": messages, "model": "big"}).encode()
     scanner = ModelScanner()
     for i in range(0, len(body), 7):

@@ -57,7 +57,11 @@ def test_native_document() -> None:
         "llama",
     )
     sql = t.resolve("sql")
-    assert (sql.model, sql.rewrite_to, sql.base_model) == ("sql-lora", "sql-lora", "Qwen/Qwen3-0.6B")
+    assert (sql.model, sql.rewrite_to, sql.base_model) == (
+        "sql-lora",
+        "sql-lora",
+        "Qwen/Qwen3-0.6B",
+    )
     assert t.resolve("other").base_model is None
     assert t.summary() == {"aliases": 2, "adapters": 2, "base_models": 2}
 
@@ -91,8 +95,14 @@ def test_empty_file_is_an_empty_table() -> None:
         ('aliases: {"bad\\nname": x}', "control characters"),
         ("kind: Deployment", "kind: 'Deployment' is not a ConfigMap"),
         ("kind: ConfigMap\ndata: {}", "data.baseModel is missing or empty"),
-        ("kind: ConfigMap\ndata: {baseModel: b, adapters: 'x: 1'}", "data.adapters must be a YAML list"),
-        ("kind: ConfigMap\ndata: {baseModel: b, adapters: '[a'}", "data.adapters is not valid YAML"),
+        (
+            "kind: ConfigMap\ndata: {baseModel: b, adapters: 'x: 1'}",
+            "data.adapters must be a YAML list",
+        ),
+        (
+            "kind: ConfigMap\ndata: {baseModel: b, adapters: '[a'}",
+            "data.adapters is not valid YAML",
+        ),
         ("baseModels: [a]\n---\nbaseModels: [7]", "document 2: baseModels.0"),
     ],
 )
