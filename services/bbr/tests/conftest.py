@@ -28,15 +28,16 @@ async def make_app(models_file: Path) -> AsyncIterator[Callable[..., Any]]:
 
     async def make(serve_metrics: bool = False, **overrides: Any) -> tuple[BBRApp, LogSink]:
         sink = LogSink()
-        settings = load_settings(
-            host="127.0.0.1",
-            grpc_port=0,
-            health_port=0,
-            metrics_port=0,
-            models_config=models_file,
-            reload_interval=0.02,
+        values: dict[str, Any] = {
+            "host": "127.0.0.1",
+            "grpc_port": 0,
+            "health_port": 0,
+            "metrics_port": 0,
+            "models_config": models_file,
+            "reload_interval": 0.02,
             **overrides,
-        )
+        }
+        settings = load_settings(**values)
         app = BBRApp(settings, log=sink.logger, serve_metrics=serve_metrics)
         await app.start()
         apps.append(app)

@@ -4,7 +4,9 @@ The file is polled (`os.stat`: mtime, ctime, size, inode), which also sees Kuber
 volume updates (an atomic symlink swap, so the inode changes). A changed file is parsed off the
 event loop and, when it loads, swapped in as a whole: a request sees the old table or the new one.
 A file that does not load (bad YAML, a bad field, missing) keeps the previous table; the problem
-is logged once, as one line, until the file changes again.
+is logged once, as one line, until the file changes again. A file that changes while it is read
+is read again at the next poll; replace the file atomically (write elsewhere, rename over it, as
+kubelet does) so that no poll can see half of it.
 """
 
 from __future__ import annotations
@@ -90,10 +92,12 @@ class ModelFileWatcher:
         sig = await asyncio.to_thread(_signature, self.path)
         if not force and sig == self._seen:
             return False
-        self._seen = sig
         try:
             table = await asyncio.to_thread(read_table, self.path)
+            if await asyncio.to_thread(_signature, self.path) != sig:
+                return False  # changed while we read it: take the next, settled version
         except TableError as exc:
+            self._seen = sig
             self.failures += 1
             if self._on_result is not None:
                 self._on_result(False)
@@ -103,6 +107,7 @@ class ModelFileWatcher:
             self._reported = message
             self._notify()
             return False
+        self._seen = sig
         self._applied(table)
         if self._log is not None:
             self._log.info("model file loaded", path=str(self.path), **table.summary())

@@ -111,7 +111,7 @@ class Supervisor:
         worker.life_w = life_w
         worker.started = time.monotonic()
         worker.ready = False
-        self.log.info("worker started", worker=worker.index, pid=worker.proc.pid)
+        self.log.info("worker started", worker=worker.index, worker_pid=worker.proc.pid)
         worker.tasks = [
             asyncio.create_task(self._await_ready(worker, ready_r)),
             asyncio.create_task(self._await_exit(worker)),
@@ -153,7 +153,7 @@ class Supervisor:
         prom_mp.mark_process_dead(proc.pid, self.mp_dir)
         await self._update_health()
         if self.stopping:
-            self.log.info("worker exited", worker=worker.index, pid=proc.pid, code=code)
+            self.log.info("worker exited", worker=worker.index, worker_pid=proc.pid, code=code)
             return
         lived = time.monotonic() - worker.started
         worker.failures = 0 if lived > 30 else worker.failures + 1
@@ -170,7 +170,7 @@ class Supervisor:
         self.log.error(
             "worker died; restarting",
             worker=worker.index,
-            pid=proc.pid,
+            worker_pid=proc.pid,
             code=code,
             restart_in_s=delay,
         )
@@ -247,7 +247,8 @@ class Supervisor:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for w in self.workers:
-            if w.proc is not None and w.proc.returncode not in (0, None):
+            # A worker still starting up when our SIGTERM came dies of it: that is clean too.
+            if w.proc is not None and w.proc.returncode not in (0, None, -signal.SIGTERM):
                 clean = False
         if self._health_server is not None:
             await self._health_server.stop(0)
