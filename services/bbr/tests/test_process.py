@@ -290,7 +290,11 @@ async def test_workers_share_the_port_are_supervised_and_stop_cleanly(spawn) -> 
     p.proc.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(p.proc.wait, 20) == 0
     for pid in workers:
-        assert not Path(f"/proc/{pid}").exists() or _is_zombie(pid), pid
+        assert _gone(pid), pid
+
+
+def _gone(pid: int) -> bool:
+    return not Path(f"/proc/{pid}").exists() or _is_zombie(pid)
 
 
 def _is_zombie(pid: int) -> bool:
@@ -308,6 +312,6 @@ async def test_workers_stop_when_the_parent_is_killed(spawn) -> None:  # type: i
     p.proc.kill()
     p.proc.wait()
     await _until(
-        lambda: all(not Path(f"/proc/{pid}").exists() or _is_zombie(pid) for pid in workers),
+        lambda: all(_gone(pid) for pid in workers),
         what="orphaned workers exit",
     )

@@ -23,6 +23,13 @@ async def _route(app: BBRApp, model: str) -> dict[str, str]:
     return out.headers
 
 
+def _replace(path: Path, text: str) -> None:
+    """Write `path` atomically (a staged file renamed over it), as the README asks."""
+    staged = path.with_suffix(".staged")
+    staged.write_text(text)
+    os.replace(staged, path)
+
+
 async def _until(watcher: ModelFileWatcher, pred: Any) -> None:
     await asyncio.wait_for(watcher.wait_for(pred), timeout=10)
 
@@ -35,7 +42,7 @@ async def test_a_changed_file_is_applied(bbr: tuple[BBRApp, LogSink], models_fil
         "meta-llama/Llama-3.1-8B-Instruct"
     )
     generation = watcher.generation
-    models_file.write_text("aliases:\n  llama: Qwen/Qwen3-0.6B\n")
+    _replace(models_file, "aliases:\n  llama: Qwen/Qwen3-0.6B\n")
     await _until(watcher, lambda w: w.generation > generation)
     headers = await _route(app, "llama")
     assert headers["x-gateway-model-name"] == "Qwen/Qwen3-0.6B"
@@ -52,7 +59,7 @@ async def test_a_bad_file_keeps_the_old_table_and_logs_one_line(
     watcher = app.watcher
     assert watcher is not None
     before = app.router.table
-    models_file.write_text("aliases:\n  llama: {target: x, rewrite: perhaps}\n")
+    _replace(models_file, "aliases:\n  llama: {target: x, rewrite: perhaps}\n")
     await _until(watcher, lambda w: w.failures == 1)
     assert app.router.table is before
     assert (await _route(app, "critic"))["x-gateway-model-name"] == "movie-critique"
@@ -64,7 +71,7 @@ async def test_a_bad_file_keeps_the_old_table_and_logs_one_line(
     assert "aliases.llama" in errors[0]["error"] and "\n" not in errors[0]["error"]
     assert sample(app, "bbr_model_config_reloads_total", result="error") == 2
     # A deleted file is a failure too, and the table stays.
-    models_file.unlink()
+    os.unlink(models_file)
     await _until(watcher, lambda w: w.failures == 3)
     assert app.router.table is before
     assert (
@@ -73,7 +80,7 @@ async def test_a_bad_file_keeps_the_old_table_and_logs_one_line(
     )
     # Fixed: applied again.
     generation = watcher.generation
-    models_file.write_text("adapters:\n  base-x: [lora-y]\n")
+    _replace(models_file, "adapters:\n  base-x: [lora-y]\n")
     await _until(watcher, lambda w: w.generation > generation)
     assert (await _route(app, "lora-y"))["x-gateway-base-model-name"] == "base-x"
 
@@ -129,9 +136,7 @@ async def test_requests_in_flight_during_reloads_see_a_whole_table(
     try:
         for i in range(6):
             generation = watcher.generation
-            staged = models_file.with_suffix(".staged")
-            staged.write_text(versions["AB"[i % 2]])
-            os.replace(staged, models_file)  # atomic, as the README asks
+            _replace(models_file, versions["AB"[i % 2]])
             await _until(watcher, lambda w, g=generation: w.generation > g)
     finally:
         stop.set()
