@@ -64,7 +64,7 @@ class Supervisor:
         self.health = Health()
         self.registry = CollectorRegistry(auto_describe=True)
         self.mp_dir = tempfile.mkdtemp(prefix="llmd-bbr-metrics-")
-        prom_mp.MultiProcessCollector(self.registry, path=self.mp_dir)
+        prom_mp.MultiProcessCollector(self.registry, path=self.mp_dir)  # type: ignore[no-untyped-call]
         self.restarts = Counter(
             "bbr_worker_restarts", "Workers restarted after dying.", registry=self.registry
         )
@@ -150,7 +150,7 @@ class Supervisor:
         worker.ready = False
         with contextlib.suppress(OSError):
             os.close(worker.life_w)
-        prom_mp.mark_process_dead(proc.pid, self.mp_dir)
+        prom_mp.mark_process_dead(proc.pid, self.mp_dir)  # type: ignore[no-untyped-call]
         await self._update_health()
         if self.stopping:
             self.log.info("worker exited", worker=worker.index, worker_pid=proc.pid, code=code)
