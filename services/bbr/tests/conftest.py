@@ -10,7 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from bbr_helpers import MODELS, LogSink
-from llmd_bbr.config import load_settings
+from llmd_bbr.config import settings as bbr_settings
 from llmd_bbr.server import BBRApp
 
 
@@ -37,7 +37,7 @@ async def make_app(models_file: Path) -> AsyncIterator[Callable[..., Any]]:
             "reload_interval": 0.02,
             **overrides,
         }
-        settings = load_settings(**values)
+        settings = bbr_settings(**values)
         app = BBRApp(settings, log=sink.logger, serve_metrics=serve_metrics)
         await app.start()
         apps.append(app)

@@ -169,26 +169,28 @@ async def _route_once(port: int, model: str) -> str:
 
 
 # ------------------------------------------------------------------------------ startup
-def test_bad_flag_is_one_line_and_exit_2() -> None:
+def _settings_error(args: list[str], env: dict[str, str] | None = None) -> list[str]:
     proc = subprocess.run(
-        [str(LLMD_BBR), "--grpc-port", "ninety"], capture_output=True, text=True, timeout=30
-    )
-    assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0
-    assert "--grpc-port" in proc.stderr and "integer" in proc.stderr
-
-
-def test_bad_env_names_the_variable() -> None:
-    proc = subprocess.run(
-        [str(LLMD_BBR)],
+        [str(LLMD_BBR), *args],
         capture_output=True,
         text=True,
         timeout=30,
-        env={**os.environ, "BBR_ASSUME_BODY_MODE": "sideways"},
+        env={**os.environ, **(env or {})},
     )
-    assert proc.returncode == 2
-    assert proc.stderr.startswith("llmd-bbr: BBR_ASSUME_BODY_MODE:")
-    assert proc.stderr.strip().count("\n") == 0
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0].startswith("llmd-bbr: invalid settings")
+    return [line.strip() for line in lines[1:]]
+
+
+def test_bad_flags_and_env_are_one_line_each_and_exit_2() -> None:
+    assert _settings_error(["--grpc-port", "ninety", "--grace-period=-1"]) == [
+        "grpc_port: must be an integer (got ninety)",
+        "grace_period: must be >= 0 (got -1)",
+    ]
+    (line,) = _settings_error([], {"LLMD_BBR_ASSUME_BODY_MODE": "sideways"})
+    assert line.startswith("assume_body_mode: body mode: 'sideways' is not one of")
 
 
 def test_bad_model_file_at_startup_is_refused(tmp_path: Path) -> None:

@@ -1,4 +1,9 @@
-"""BBR's settings: flags, or environment variables with the `BBR_` prefix (flags win)."""
+"""BBR's settings: flags, `LLMD_BBR_*` environment variables, or a YAML file (`--config`).
+
+Precedence, highest first: flags (`--grpc-port 9004`), environment (`LLMD_BBR_GRPC_PORT`), the
+YAML file, defaults (the SDK's `ServiceSettings`). The model file (`--models-config`) is a
+different file: the alias and LoRA table, reloaded while BBR runs.
+"""
 
 from __future__ import annotations
 
@@ -8,146 +13,99 @@ from pathlib import Path
 from typing import Any
 
 from llmd_sdk.extproc import BodyMode
-from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from llmd_sdk.settings import ServiceSettings, SettingsConfigDict, SettingsError, load_settings
+from pydantic import Field, field_validator
 
-ENV_PREFIX = "BBR_"
+ENV_PREFIX = "LLMD_BBR_"
 
-
-class SettingsError(ValueError):
-    """Settings that do not load; the message is one line per bad field."""
+__all__ = ["ENV_PREFIX", "BBRSettings", "SettingsError", "WorkerArgs", "parse_args"]
 
 
-class BBRSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
+class BBRSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX)
 
-    host: str = Field("0.0.0.0", description="address every port binds to")
-    grpc_port: int = Field(9004, ge=0, le=65535, description="ext_proc gRPC port")
-    health_port: int = Field(9005, ge=0, le=65535, description="gRPC health port")
-    metrics_port: int = Field(9094, ge=0, le=65535, description="Prometheus /metrics port")
-    models_config: Path | None = Field(
-        None, description="model file: aliases and LoRA adapters (YAML), reloaded on change"
-    )
-    reload_interval: float = Field(
-        1.0, ge=0, description="seconds between checks of the model file (0: never reload)"
-    )
-    max_body_bytes: int = Field(
-        8 * 1024 * 1024, gt=0, description="larger request bodies get a 413"
-    )
-    require_model: bool = Field(
-        True, description="a JSON body without `model` is a 400 (false: it passes untouched)"
-    )
-    early_streaming: bool = Field(
-        True,
-        description="in FULL_DUPLEX_STREAMED, route as soon as `model` arrives and stream the "
-        "rest of the body through",
-    )
-    assume_body_mode: BodyMode = Field(
-        BodyMode.BUFFERED,
-        description="request body mode to assume when Envoy does not announce it in "
-        "protocol_config (older Envoy)",
-    )
-    grace_period: float = Field(
-        25.0, ge=0, description="seconds open streams get to finish after SIGTERM"
-    )
-    shutdown_delay: float = Field(
-        0.0,
-        ge=0,
-        description="seconds to keep accepting streams while reporting NOT_SERVING after "
-        "SIGTERM, so load balancers notice before the port closes",
-    )
-    workers: int = Field(1, ge=1, le=256, description="processes sharing the ext_proc port")
-    log_level: str = Field("INFO", description="DEBUG logs every routing decision")
-    log_json: bool = Field(True, description="JSON log lines (false: console format)")
-    tracing: bool = Field(False, description="one OpenTelemetry span per request")
-    otlp_endpoint: str | None = Field(
-        None, description="OTLP gRPC endpoint for spans (default: OTEL_EXPORTER_OTLP_ENDPOINT)"
-    )
+    host: str = "0.0.0.0"
+    """Address every port binds to."""
+    grpc_port: int = Field(9004, ge=0, le=65535)
+    """ext_proc gRPC port (gRPC health answers here too)."""
+    health_port: int = Field(9005, ge=0, le=65535)
+    """gRPC health port: liveness, readiness, envoy.service.ext_proc.v3.ExternalProcessor."""
+    metrics_port: int = Field(9094, ge=0, le=65535)
+    """Prometheus /metrics port."""
+    models_config: Path | None = None
+    """Model file: aliases and LoRA adapters (YAML), reloaded when it changes."""
+    reload_interval: float = Field(1.0, ge=0)
+    """Seconds between checks of the model file (0: load once, never reload)."""
+    max_body_bytes: int = Field(8 * 1024 * 1024, gt=0)
+    """Request bodies larger than this get a 413."""
+    require_model: bool = True
+    """A JSON body without `model` is a 400; false lets it through untouched."""
+    early_streaming: bool = True
+    """FULL_DUPLEX_STREAMED: route as soon as `model` has arrived and stream the rest through."""
+    assume_body_mode: str = "BUFFERED"
+    """Request body mode to assume when Envoy does not announce it in protocol_config."""
+    grace_period: float = Field(25.0, ge=0)
+    """Seconds open streams get to finish after SIGTERM."""
+    shutdown_delay: float = Field(0.0, ge=0)
+    """Seconds to keep accepting streams while NOT_SERVING after SIGTERM (lets load balancers
+    notice before the port closes)."""
+    workers: int = Field(1, ge=1, le=256)
+    """Processes sharing the ext_proc port (SO_REUSEPORT), supervised by this one."""
+    log_level: str = "INFO"
+    """DEBUG logs every routing decision."""
+    log_json: bool = True
+    """JSON log lines; false gives the console format."""
+    tracing: bool = False
+    """One OpenTelemetry span per request."""
+    otlp_endpoint: str | None = None
+    """OTLP gRPC endpoint for spans (default: OTEL_EXPORTER_OTLP_ENDPOINT)."""
 
-    @field_validator("assume_body_mode", mode="before")
+    @field_validator("assume_body_mode")
     @classmethod
-    def _body_mode(cls, value: Any) -> BodyMode:
-        return BodyMode.parse(value)
+    def _body_mode(cls, value: str) -> str:
+        return BodyMode.parse(value).name
 
     @field_validator("log_level")
     @classmethod
     def _level(cls, value: str) -> str:
         level = value.upper()
         if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-            raise ValueError(f"{value!r} is not a log level")
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         return level
 
-    def to_env(self) -> dict[str, str]:
-        """These settings as `BBR_*` variables (how the parent hands them to its workers)."""
-        env: dict[str, str] = {}
-        for name, value in self.model_dump().items():
-            if value is None:
-                continue
-            if isinstance(value, bool):
-                text = "true" if value else "false"
-            elif isinstance(value, BodyMode):
-                text = value.name
-            else:
-                text = str(value)
-            env[f"{ENV_PREFIX}{name.upper()}"] = text
-        return env
+    @property
+    def body_mode(self) -> BodyMode:
+        return BodyMode.parse(self.assume_body_mode)
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+class WorkerArgs(argparse.Namespace):
+    """Internal flags with which the `--workers N` parent starts each worker."""
+
+    worker_index: int | None = None
+    ready_fd: int | None = None
+    parent_fd: int | None = None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="llmd-bbr",
-        description="Body-Based Router: an Envoy ext_proc service that puts the OpenAI request "
-        "body's model into the X-Gateway-Model-Name header.",
-        epilog="Every flag has an environment variable: BBR_<FLAG> (e.g. BBR_GRPC_PORT).",
-    )
-    for name, info in BBRSettings.model_fields.items():
-        default = info.default.name if isinstance(info.default, BodyMode) else info.default
-        help_text = f"{info.description} (default: {default})"
-        if info.annotation is bool:
-            ap.add_argument(
-                _flag(name), dest=name, action=argparse.BooleanOptionalAction, help=help_text
-            )
-        else:
-            ap.add_argument(_flag(name), dest=name, metavar=name.upper(), help=help_text)
-    # Internal: how the parent of `--workers N` starts each worker.
-    ap.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--parent-fd", type=int, help=argparse.SUPPRESS)
+def _worker_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(add_help=False)
+    ap.add_argument("--worker-index", type=int)
+    ap.add_argument("--ready-fd", type=int)
+    ap.add_argument("--parent-fd", type=int)
     return ap
 
 
-def load_settings(args: argparse.Namespace | None = None, **overrides: Any) -> BBRSettings:
-    """Settings from the environment, overridden by flags that were given, then `overrides`."""
-    given: dict[str, Any] = {}
-    if args is not None:
-        given = {
-            name: getattr(args, name)
-            for name in BBRSettings.model_fields
-            if getattr(args, name, None) is not None
-        }
-    given.update(overrides)
-    try:
-        return BBRSettings(**given)
-    except ValidationError as exc:
-        raise SettingsError(_one_line(exc, given)) from None
+def split_worker_args(argv: Sequence[str]) -> tuple[WorkerArgs, list[str]]:
+    """The internal worker flags, and the service flags without them."""
+    args, rest = _worker_parser().parse_known_args(list(argv), namespace=WorkerArgs())
+    return args, rest
 
 
-def _one_line(exc: ValidationError, given: dict[str, Any]) -> str:
-    parts = []
-    for err in exc.errors(include_url=False):
-        field = str(err["loc"][0]) if err["loc"] else ""
-        source = _flag(field) if field in given else f"{ENV_PREFIX}{field.upper()}"
-        msg = err["msg"]
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, ") :]
-        parts.append(f"{source}: {msg} (got {err.get('input')!r})")
-    return "; ".join(parts)
+def parse_args(argv: Sequence[str]) -> tuple[WorkerArgs, BBRSettings]:
+    """Worker flags and settings from `argv` (+ env, + `--config`). Raises `SettingsError`."""
+    worker, rest = split_worker_args(argv)
+    return worker, load_settings(BBRSettings, rest, prog="llmd-bbr")
 
 
-def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, BBRSettings]:
-    args = build_parser().parse_args(argv)
-    return args, load_settings(args)
+def settings(**values: Any) -> BBRSettings:
+    """Settings in code (tests, embedding): `values` over env over defaults."""
+    return BBRSettings(**values)

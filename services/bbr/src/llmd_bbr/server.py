@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from llmd_sdk.extproc import GrpcServer, ext_proc_registrar, wait_for_signal
+from llmd_sdk.health import HealthServicer, HealthState
+from llmd_sdk.settings import load_or_exit
 from llmd_sdk.telemetry import (
     configure_logging,
     get_logger,
@@ -33,13 +35,14 @@ from llmd_sdk.telemetry.metrics import MetricsServer
 from prometheus_client import CollectorRegistry
 
 from llmd_bbr import __version__
-from llmd_bbr.config import BBRSettings, SettingsError, parse_args
-from llmd_bbr.health import Health
+from llmd_bbr.config import BBRSettings, split_worker_args
 from llmd_bbr.metrics import BBRMetrics
 from llmd_bbr.model_table import EMPTY_TABLE, ModelTable, TableError
 from llmd_bbr.processor import BBRService
 from llmd_bbr.reloader import ModelFileWatcher
 from llmd_bbr.router import BodyRouter
+
+EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 
 
 class BBRApp:
@@ -69,7 +72,7 @@ class BBRApp:
             log=self.log,
             max_body_bytes=settings.max_body_bytes,
             early_streaming=settings.early_streaming,
-            assume_body_mode=settings.assume_body_mode,
+            assume_body_mode=settings.body_mode,
             tracer=tracer,
         )
         self.watcher: ModelFileWatcher | None = None
@@ -81,17 +84,18 @@ class BBRApp:
                 log=self.log,
                 on_result=self._count_reload,
             )
-        self.health = Health()
+        self.health = HealthState([EXT_PROC_SERVICE])
+        health = HealthServicer(self.health)
         self.servicer, register_ext_proc = ext_proc_registrar(self.service.stream)
         self._ext_proc = GrpcServer(
             f"{settings.host}:{settings.grpc_port}",
-            [register_ext_proc, self.health.register],
+            [register_ext_proc, health.add_to_server],
             reuse_port=True,
         )
         self._health_server: GrpcServer | None = None
         if serve_health_port:
             self._health_server = GrpcServer(
-                f"{settings.host}:{settings.health_port}", [self.health.register]
+                f"{settings.host}:{settings.health_port}", [health.add_to_server]
             )
         self._serve_metrics = serve_metrics
         self._metrics_server: MetricsServer | None = None
@@ -110,7 +114,6 @@ class BBRApp:
     async def start(self) -> None:
         if self.watcher is not None:
             self.watcher.load_initial()  # TableError: refuse to start on a bad file
-        await self.health.start()
         await self._ext_proc.start()
         if self._health_server is not None:
             await self._health_server.start()
@@ -121,7 +124,7 @@ class BBRApp:
             self.metrics_port = self._metrics_server.port
         if self.watcher is not None:
             self.watcher.start()
-        await self.health.set_serving(True)
+        self.health.set_ready()
 
     async def shutdown(self, grace: float | None = None) -> None:
         """NOT_SERVING, refuse new streams, let open ones finish for `grace` seconds."""
@@ -129,7 +132,7 @@ class BBRApp:
             return
         self._shut_down = True
         grace = self.settings.grace_period if grace is None else grace
-        await self.health.set_serving(False)
+        self.health.shutdown()
         if self.settings.shutdown_delay > 0:
             await asyncio.sleep(self.settings.shutdown_delay)
         open_streams = self.servicer.active_streams
@@ -230,23 +233,21 @@ def _parent_gone(fd: int) -> asyncio.Future[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`llmd-bbr`: see `llmd-bbr --help`."""
-    try:
-        args, settings = parse_args(argv)
-    except SettingsError as exc:
-        print(f"llmd-bbr: {exc}", file=sys.stderr)
-        return 2
+    """`llmd-bbr`: see `llmd-bbr --help`. Bad settings: one line each on stderr, exit 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    worker, rest = split_worker_args(argv)
+    settings = load_or_exit(BBRSettings, rest, prog="llmd-bbr")
     configure_logging("llmd-bbr", settings.log_level, json=settings.log_json)
-    if settings.workers > 1 and args.worker_index is None:
+    if settings.workers > 1 and worker.worker_index is None:
         from llmd_bbr.supervisor import supervise
 
         return asyncio.run(supervise(settings, argv))
     return asyncio.run(
         serve(
             settings,
-            worker_index=args.worker_index,
-            ready_fd=args.ready_fd,
-            parent_fd=args.parent_fd,
+            worker_index=worker.worker_index,
+            ready_fd=worker.ready_fd,
+            parent_fd=worker.parent_fd,
         )
     )
 

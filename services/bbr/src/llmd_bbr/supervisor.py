@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmd_sdk.extproc import GrpcServer, wait_for_signal
+from llmd_sdk.health import HealthServicer, HealthState
 from llmd_sdk.telemetry import get_logger, start_metrics_server
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client import multiprocess as prom_mp
 
 from llmd_bbr.config import BBRSettings
-from llmd_bbr.health import Health
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _KILL_MARGIN = 5.0
@@ -61,7 +61,7 @@ class Supervisor:
         self.log = log
         self.workers = [_Worker(i) for i in range(settings.workers)]
         self.stopping = False
-        self.health = Health()
+        self.health = HealthState(["envoy.service.ext_proc.v3.ExternalProcessor"])
         self.registry = CollectorRegistry(auto_describe=True)
         self.mp_dir = tempfile.mkdtemp(prefix="llmd-bbr-metrics-")
         prom_mp.MultiProcessCollector(self.registry, path=self.mp_dir)  # type: ignore[no-untyped-call]
@@ -141,7 +141,7 @@ class Supervisor:
             os.close(ready_r)
         if data == b"R":
             worker.ready = worker.ever_ready = True
-            await self._update_health()
+            self._update_health()
 
     async def _await_exit(self, worker: _Worker) -> None:
         proc = worker.proc
@@ -151,7 +151,7 @@ class Supervisor:
         with contextlib.suppress(OSError):
             os.close(worker.life_w)
         prom_mp.mark_process_dead(proc.pid, self.mp_dir)  # type: ignore[no-untyped-call]
-        await self._update_health()
+        self._update_health()
         if self.stopping:
             self.log.info("worker exited", worker=worker.index, worker_pid=proc.pid, code=code)
             return
@@ -180,18 +180,16 @@ class Supervisor:
         if not self.stopping:
             await self._spawn(worker)
 
-    async def _update_health(self) -> None:
+    def _update_health(self) -> None:
         ready = sum(w.ready for w in self.workers)
         self.ready_gauge.set(ready)
-        serving = ready > 0 and not self.stopping
-        if serving != self.health.serving:
-            await self.health.set_serving(serving)
+        self.health.set_ready(ready > 0)
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self) -> int:
-        await self.health.start()
         self._health_server = GrpcServer(
-            f"{self.settings.host}:{self.settings.health_port}", [self.health.register]
+            f"{self.settings.host}:{self.settings.health_port}",
+            [HealthServicer(self.health).add_to_server],
         )
         await self._health_server.start()
         self._metrics = start_metrics_server(
@@ -219,7 +217,7 @@ class Supervisor:
 
     async def shutdown(self) -> int:
         self.stopping = True
-        await self.health.set_serving(False)
+        self.health.shutdown()
         live = [w for w in self.workers if w.proc is not None and w.proc.returncode is None]
         for w in live:
             assert w.proc is not None
