@@ -248,11 +248,37 @@ async def test_missing_model_can_be_let_through(make_app: Any) -> None:
     assert sample(app, "bbr_model_not_in_body_total") == 3
 
 
-async def test_early_streaming_can_be_turned_off(make_app: Any) -> None:
-    app, _ = await make_app(early_streaming=False)
+async def test_early_routing_can_be_turned_off(make_app: Any) -> None:
+    app, _ = await make_app(early_scan_bytes=0)
     out = await _one(app, ROUTABLE[2], [CHAT[:60], CHAT[60:]])
     assert out.headers[MODEL_H] == "meta-llama/Llama-3.1-8B-Instruct" and out.body == CHAT
     assert sample(app, "bbr_early_decisions_total") == 0
+
+
+@pytest.mark.parametrize("mode", ROUTABLE[1:], ids=lambda m: m.name)
+async def test_early_routing_looks_only_at_the_start_of_the_body(make_app: Any, mode: Mode) -> None:
+    app, _ = await make_app(early_scan_bytes=1000)
+    filler = [{"role": "user", "content": "x" * 100}] * 30
+
+    def chunks(doc: dict[str, Any]) -> list[bytes]:
+        body = json.dumps(doc).encode()
+        return [body[i : i + 7] for i in range(0, len(body), 7)]
+
+    cases = [
+        # (body, routed early?)
+        ({"model": "llama", "messages": filler}, True),
+        ({"messages": filler[:5], "model": "llama", "n": 1, "messages2": filler}, True),
+        ({"messages": filler, "model": "llama"}, False),  # as the OpenAI SDK orders it
+        ({"messages": [{"role": "model", "content": "a"}, *filler], "model": "llama"}, False),
+        ({"tools": [{"model": "nested"}], "model": "llama", "messages": filler}, True),
+    ]
+    for doc, early in cases:
+        before = sample(app, "bbr_early_decisions_total")
+        out = await _one(app, mode, chunks(doc))
+        assert out.local_reply is None
+        assert out.headers[MODEL_H] == "meta-llama/Llama-3.1-8B-Instruct"
+        assert json.loads(out.body) == doc
+        assert sample(app, "bbr_early_decisions_total") - before == (1 if early else 0), doc
 
 
 # ------------------------------------------------------------------ concurrency, cancel

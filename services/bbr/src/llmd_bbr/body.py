@@ -8,6 +8,7 @@ Rejections carry the HTTP status, a one-line message and the outcome label for m
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import msgspec
@@ -15,7 +16,7 @@ import msgspec
 from llmd_bbr.model_scan import find_model
 
 # Header values cannot carry control characters; a model name is a header value.
-_CONTROL = frozenset(range(0x20)) | {0x7F}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_MODEL_CHARS = 1024
 
 
@@ -74,7 +75,7 @@ def check_model(model: Any) -> str:
         raise BodyRejected(
             400, f"model is longer than {MAX_MODEL_CHARS} characters", "invalid_model", "model"
         )
-    if any(ord(ch) in _CONTROL for ch in model):
+    if _CONTROL.search(model) is not None:
         raise BodyRejected(
             400, "model must not contain control characters", "invalid_model", "model"
         )

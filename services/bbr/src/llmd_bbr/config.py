@@ -40,8 +40,10 @@ class BBRSettings(ServiceSettings):
     """Request bodies larger than this get a 413."""
     require_model: bool = True
     """A JSON body without `model` is a 400; false lets it through untouched."""
-    early_streaming: bool = True
-    """FULL_DUPLEX_STREAMED: route as soon as `model` has arrived and stream the rest through."""
+    early_scan_bytes: int = Field(4096, ge=0)
+    """FULL_DUPLEX_STREAMED (and STREAMED with send_body_without_waiting): when `model` is
+    within the first this-many bytes, route as soon as it has arrived and stream the rest of the
+    body through; 0 turns this off (route at end of stream)."""
     assume_body_mode: str = "BUFFERED"
     """Request body mode to assume when Envoy does not announce it in protocol_config."""
     grace_period: float = Field(25.0, ge=0)

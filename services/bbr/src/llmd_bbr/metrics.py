@@ -8,8 +8,13 @@ serves their sum (gauges: `livesum`/`livemax`).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 from llmd_sdk.telemetry import BYTES_BUCKETS
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 # Parse latency: msgspec reads a 64 KiB body in tens of microseconds.
 PARSE_BUCKETS = (
@@ -31,8 +36,54 @@ OUTCOMES = (
 )
 
 
+# Upstream BBR's counters, as sums of our outcomes.
+UPSTREAM_COUNTERS = {
+    "bbr_success": (
+        "Model name pulled from the body and injected in the request headers.",
+        ("routed", "headers_dropped"),
+    ),
+    "bbr_model_not_in_body": (
+        "Request bodies without a model member.",
+        ("no_model", "missing_model"),
+    ),
+    "bbr_model_not_parsed": (
+        "Request bodies whose model could not be read (not JSON, not a string).",
+        ("invalid_json", "invalid_model"),
+    ),
+}
+
+
+class UpstreamCounters(Collector):
+    """`bbr_success_total` and friends, computed at scrape time from `bbr_requests_total`
+    (one counter to bump per request instead of two)."""
+
+    def __init__(self, source: Callable[[], Iterable[Metric]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterable[Metric]:
+        by_outcome: dict[str, float] = {}
+        for family in self._source():
+            for sample in family.samples:
+                if sample.name == "bbr_requests_total":
+                    outcome = sample.labels.get("outcome", "")
+                    by_outcome[outcome] = by_outcome.get(outcome, 0.0) + sample.value
+        for name, (help_text, outcomes) in UPSTREAM_COUNTERS.items():
+            yield CounterMetricFamily(
+                name, help_text, value=sum(by_outcome.get(o, 0.0) for o in outcomes)
+            )
+
+    def describe(self) -> Iterable[Metric]:
+        for name, (help_text, _) in UPSTREAM_COUNTERS.items():
+            yield CounterMetricFamily(name, help_text)
+
+
 class BBRMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    """Per request: one counter and two histogram observations. `active_streams`, when given,
+    is read at scrape time; otherwise `bbr_active_streams` is set by `set_active`."""
+
+    def __init__(
+        self, registry: CollectorRegistry, active_streams: Callable[[], float] | None = None
+    ) -> None:
         self.registry = registry
         self.requests = Counter(
             "bbr_requests",
@@ -41,21 +92,7 @@ class BBRMetrics:
             registry=registry,
         )
         self.outcome = {o: self.requests.labels(o) for o in OUTCOMES}
-        self.success = Counter(
-            "bbr_success",
-            "Model name pulled from the body and injected in the request headers.",
-            registry=registry,
-        )
-        self.not_in_body = Counter(
-            "bbr_model_not_in_body",
-            "Request bodies without a model member.",
-            registry=registry,
-        )
-        self.not_parsed = Counter(
-            "bbr_model_not_parsed",
-            "Request bodies whose model could not be read (not JSON, not a string).",
-            registry=registry,
-        )
+        registry.register(UpstreamCounters(self.requests.collect))
         self.rewrites = Counter(
             "bbr_body_rewrites",
             "Bodies whose model an alias rewrote.",
@@ -84,6 +121,8 @@ class BBRMetrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
+        if active_streams is not None:
+            self.active_streams.set_function(active_streams)
         self.reloads = Counter(
             "bbr_model_config_reloads",
             "Model file loads by result.",
@@ -102,12 +141,9 @@ class BBRMetrics:
 
     def record(self, outcome: str) -> None:
         self.outcome[outcome].inc()
-        if outcome in ("routed", "headers_dropped"):
-            self.success.inc()
-        elif outcome in ("no_model", "missing_model"):
-            self.not_in_body.inc()
-        elif outcome in ("invalid_json", "invalid_model"):
-            self.not_parsed.inc()
+
+    def set_active(self, n: float) -> None:
+        self.active_streams.set(n)
 
     def set_table(self, summary: dict[str, int]) -> None:
         for kind, n in summary.items():

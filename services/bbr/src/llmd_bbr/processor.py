@@ -31,6 +31,7 @@ from llmd_bbr.router import BodyRouter, Decision
 
 REQUEST_ID = "x-request-id"
 STREAM_CHUNK = 64 * 1024  # Envoy's recommended ceiling for one streamed body response
+_MODEL_KEY = b'"model"'
 
 # Content types that are never a JSON body (multipart forms, e.g. audio transcriptions).
 _NOT_JSON_PREFIXES = ("multipart/", "application/octet-stream", "application/x-www-form-urlencoded")
@@ -44,9 +45,12 @@ class BBRService:
     metrics: BBRMetrics
     log: Any
     max_body_bytes: int = 8 * 1024 * 1024
-    early_streaming: bool = True
+    # Streamed modes: how far into the body to look for `model` before waiting for the end
+    # (0 turns early routing off).
+    early_scan_bytes: int = 4096
     assume_body_mode: BodyMode = BodyMode.BUFFERED
     tracer: Any = None  # an OpenTelemetry tracer when tracing is on
+    responses: ResponseCache = field(default_factory=lambda: ResponseCache())
     # One warning per process for a misconfiguration that affects every request.
     _warned: set[str] = field(default_factory=set)
 
@@ -85,8 +89,9 @@ class BBRStream(ExtProcStream):
         self._size = 0
         self._chunks = 0
         self._scanner: ModelScanner | None = None
+        self._scan_done = False  # early routing ruled out for this body
+        self._tail = b""  # the last bytes of the previous chunk, for a key split in two
         self._early: Decision | None = None
-        service.metrics.active_streams.inc()
 
     # ---------------------------------------------------------------- hooks
     async def on_request_headers(self, headers: Headers, end_of_stream: bool) -> Reply | None:
@@ -140,7 +145,6 @@ class BBRStream(ExtProcStream):
             self._finish("cancelled")
         self._parts = []
         self._scanner = None
-        self.svc.metrics.active_streams.dec()
 
     # ------------------------------------------------------------- body handling
     async def _on_request_body(self, msg: ext_proc.HttpBody) -> list[ext_proc.ProcessingResponse]:
@@ -154,6 +158,8 @@ class BBRStream(ExtProcStream):
                 f"request body exceeds {self.max_request_body_bytes} bytes",
                 "too_large",
             ))]  # fmt: skip
+        if self.request_body_mode == BodyMode.BUFFERED:
+            return self._buffered(chunk, eos)
         if not self._early_capable():
             return await super()._on_request_body(msg)
         self._parts.append(chunk)
@@ -172,6 +178,36 @@ class BBRStream(ExtProcStream):
         self._finish(result.outcome, result)
         return self._deliver_streamed(result, body)
 
+    def _buffered(self, chunk: bytes, eos: bool) -> list[ext_proc.ProcessingResponse]:
+        """BUFFERED: Envoy holds the headers, so the decision rides on the body response."""
+        self._parts.append(chunk)
+        if not eos:
+            return []
+        body = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
+        self._parts = []
+        result = self._decide(body)
+        if isinstance(result, Reply):
+            return [result.immediate] if result.immediate is not None else []
+        self._finish(result.outcome, result)
+        if result.body is None:
+            return [self.svc.responses.body(result.set_headers, result.remove_headers)]
+        set_headers = dict(result.set_headers)
+        if "content-length" in self.request_headers:
+            # Envoy rejects a mutated body whose length disagrees with content-length.
+            set_headers["content-length"] = str(len(result.body))
+        return [
+            ext_proc.ProcessingResponse(
+                request_body=ext_proc.BodyResponse(
+                    response=common_response(
+                        set_headers=set_headers,
+                        remove_headers=result.remove_headers,
+                        body=result.body,
+                        clear_route_cache=True,
+                    )
+                )
+            )
+        ]
+
     def _early_capable(self) -> bool:
         mode = self.request_body_mode
         return mode == BodyMode.FULL_DUPLEX_STREAMED or (
@@ -182,13 +218,30 @@ class BBRStream(ExtProcStream):
         return self.request_body_mode == BodyMode.STREAMED and not self.send_body_without_waiting
 
     def _try_early(self, chunk: bytes) -> list[ext_proc.ProcessingResponse]:
-        if not self.svc.early_streaming:
+        limit = self.svc.early_scan_bytes
+        if limit <= 0 or self._scan_done:
             return []
+        start = self._size - len(chunk)  # offset of `chunk` in the body
         if self._scanner is None:
+            # The scan walks JSON in Python; start it only when the key can be there (a
+            # C-speed find), so bodies that name the model last (as the OpenAI SDK writes
+            # them) cost one find per chunk.
+            window = self._tail + chunk[: max(0, limit - start) + len(_MODEL_KEY)]
+            if _MODEL_KEY not in window:
+                self._tail = (self._tail + chunk)[-(len(_MODEL_KEY) - 1) :]
+                self._scan_done = self._size >= limit
+                return []
             self._scanner = ModelScanner()
-        token = self._scanner.feed(chunk)
+            held = b"".join(self._parts)
+            token = self._scanner.feed(held[:limit])
+        else:
+            token = self._scanner.feed(chunk[: max(0, limit - start)])
         if token is None or token.value is None:
-            return []  # not yet, or `model` is not a plain string: the full parse will tell
+            # Not yet; or `model` is not a plain string (the full parse will say what it is).
+            if self._scanner.done or self._scanner.scanned >= limit or token is not None:
+                self._scan_done = True
+                self._scanner = None
+            return []
         try:
             decision = self.svc.router.decide_model(token.value)
         except BodyRejected as exc:
@@ -206,7 +259,7 @@ class BBRStream(ExtProcStream):
             if cl.isdigit():
                 delta = len(encode_model(route.rewrite_to)) - (token.end - token.start)
                 set_headers["content-length"] = str(int(cl) + delta)
-        out = [_headers_response(set_headers, decision.remove_headers)]
+        out = [self.svc.responses.headers(set_headers, decision.remove_headers)]
         if self.request_body_mode == BodyMode.FULL_DUPLEX_STREAMED:
             out.extend(_streamed_body(replacement if replacement is not None else held, eos=False))
         else:  # STREAMED: one answer per chunk received so far, in order
@@ -241,7 +294,7 @@ class BBRStream(ExtProcStream):
         set_headers = dict(decision.set_headers)
         if decision.body is not None and "content-length" in self.request_headers:
             set_headers["content-length"] = str(len(decision.body))
-        out = [_headers_response(set_headers, decision.remove_headers, decision.route is not None)]
+        out = [self.svc.responses.headers(set_headers, decision.remove_headers)]
         if self.request_body_mode == BodyMode.FULL_DUPLEX_STREAMED:
             out.extend(_streamed_body(decision.body if decision.body is not None else body, True))
         else:
@@ -344,20 +397,66 @@ def _reply(decision: Decision) -> Reply:
     )
 
 
-def _headers_response(
-    set_headers: Mapping[str, str], remove: tuple[str, ...], clear_route_cache: bool = True
-) -> ext_proc.ProcessingResponse:
-    if not set_headers and not remove:
-        return _HEADERS_CONTINUE
-    return ext_proc.ProcessingResponse(
-        request_headers=ext_proc.HeadersResponse(
-            response=common_response(
-                set_headers=set_headers,
-                remove_headers=remove,
-                clear_route_cache=clear_route_cache,
+class ResponseCache:
+    """Routing answers, built once per distinct header set and reused.
+
+    Most traffic names a handful of models, so the same few answers repeat; building a header
+    mutation costs more than the rest of a decision. The messages are only ever serialised,
+    never changed, so sharing them between streams is safe. Bounded: cleared when full.
+    """
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._limit = limit
+        self._headers: dict[tuple[Any, ...], ext_proc.ProcessingResponse] = {}
+        self._bodies: dict[tuple[Any, ...], ext_proc.ProcessingResponse] = {}
+
+    def headers(
+        self, set_headers: Mapping[str, str], remove: tuple[str, ...]
+    ) -> ext_proc.ProcessingResponse:
+        """The request headers answer (streamed modes)."""
+        if not set_headers and not remove:
+            return _HEADERS_CONTINUE
+        key = (tuple(set_headers.items()), remove)
+        resp = self._headers.get(key)
+        if resp is None:
+            resp = ext_proc.ProcessingResponse(
+                request_headers=ext_proc.HeadersResponse(
+                    response=common_response(
+                        set_headers=set_headers, remove_headers=remove, clear_route_cache=True
+                    )
+                )
             )
-        )
-    )
+            self._store(self._headers, key, resp)
+        return resp
+
+    def body(
+        self, set_headers: Mapping[str, str], remove: tuple[str, ...]
+    ) -> ext_proc.ProcessingResponse:
+        """The request body answer carrying the headers (BUFFERED), body unchanged."""
+        if not set_headers and not remove:
+            return _BODY_CONTINUE
+        key = (tuple(set_headers.items()), remove)
+        resp = self._bodies.get(key)
+        if resp is None:
+            resp = ext_proc.ProcessingResponse(
+                request_body=ext_proc.BodyResponse(
+                    response=common_response(
+                        set_headers=set_headers, remove_headers=remove, clear_route_cache=True
+                    )
+                )
+            )
+            self._store(self._bodies, key, resp)
+        return resp
+
+    def _store(
+        self,
+        cache: dict[tuple[Any, ...], ext_proc.ProcessingResponse],
+        key: tuple[Any, ...],
+        resp: ext_proc.ProcessingResponse,
+    ) -> None:
+        if len(cache) >= self._limit:
+            cache.clear()
+        cache[key] = resp
 
 
 def _streamed(chunk: bytes, eos: bool) -> ext_proc.ProcessingResponse:

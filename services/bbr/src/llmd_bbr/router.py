@@ -52,7 +52,7 @@ class BodyRouter:
                     400, "model is missing from the request body", "missing_model", "model"
                 )
             return Decision("no_model")
-        decision = self.decide_model(model)
+        decision = self._route(model)  # extract_model has checked it
         if decision.route is not None and decision.route.rewrite_to is not None:
             new_body = rewrite_model(body, decision.route.rewrite_to)
             return Decision(
@@ -67,7 +67,9 @@ class BodyRouter:
 
     def decide_model(self, model: str) -> Decision:
         """Decide from the model alone (the body may still be arriving)."""
-        model = check_model(model)
+        return self._route(check_model(model))
+
+    def _route(self, model: str) -> Decision:
         route = self.table.resolve(model)
         headers = {MODEL_HEADER: route.model}
         remove: tuple[str, ...] = ()

@@ -43,6 +43,7 @@ from llmd_bbr.reloader import ModelFileWatcher
 from llmd_bbr.router import BodyRouter
 
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class BBRApp:
@@ -60,7 +61,13 @@ class BBRApp:
         self.settings = settings
         self.log = log if log is not None else get_logger("llmd_bbr")
         self.registry = registry if registry is not None else new_registry()
-        self.metrics = BBRMetrics(self.registry)
+        # Worker processes write multiprocess files the parent sums; a scrape-time callback
+        # would never reach those, so workers publish the open-stream count periodically.
+        self._multiprocess = MULTIPROC_ENV in os.environ
+        self.metrics = BBRMetrics(
+            self.registry,
+            active_streams=None if self._multiprocess else lambda: self.servicer.active_streams,
+        )
         self.router = BodyRouter(EMPTY_TABLE, require_model=settings.require_model)
         tracer = None
         if settings.tracing:
@@ -71,7 +78,7 @@ class BBRApp:
             metrics=self.metrics,
             log=self.log,
             max_body_bytes=settings.max_body_bytes,
-            early_streaming=settings.early_streaming,
+            early_scan_bytes=settings.early_scan_bytes,
             assume_body_mode=settings.body_mode,
             tracer=tracer,
         )
@@ -103,6 +110,7 @@ class BBRApp:
         self.health_port = self._health_server.port if self._health_server else 0
         self.metrics_port = 0
         self._shut_down = False
+        self._gauges: asyncio.Task[None] | None = None
 
     def set_table(self, table: ModelTable) -> None:
         self.router.table = table  # one reference swap: requests see old or new, whole
@@ -124,7 +132,14 @@ class BBRApp:
             self.metrics_port = self._metrics_server.port
         if self.watcher is not None:
             self.watcher.start()
+        if self._multiprocess:
+            self._gauges = asyncio.create_task(self._publish_gauges(), name="bbr-gauges")
         self.health.set_ready()
+
+    async def _publish_gauges(self) -> None:
+        while True:
+            self.metrics.set_active(self.servicer.active_streams)
+            await asyncio.sleep(0.5)
 
     async def shutdown(self, grace: float | None = None) -> None:
         """NOT_SERVING, refuse new streams, let open ones finish for `grace` seconds."""
@@ -138,6 +153,11 @@ class BBRApp:
         open_streams = self.servicer.active_streams
         self.log.info("draining", open_streams=open_streams, grace_period=grace)
         await self._ext_proc.stop(grace)
+        if self._gauges is not None:
+            self._gauges.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._gauges
+            self.metrics.set_active(0)
         if self.watcher is not None:
             await self.watcher.stop()
         if self._health_server is not None:

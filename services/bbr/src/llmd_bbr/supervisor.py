@@ -35,6 +35,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client import multiprocess as prom_mp
 
 from llmd_bbr.config import BBRSettings
+from llmd_bbr.metrics import UpstreamCounters
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _KILL_MARGIN = 5.0
@@ -64,7 +65,9 @@ class Supervisor:
         self.health = HealthState(["envoy.service.ext_proc.v3.ExternalProcessor"])
         self.registry = CollectorRegistry(auto_describe=True)
         self.mp_dir = tempfile.mkdtemp(prefix="llmd-bbr-metrics-")
-        prom_mp.MultiProcessCollector(self.registry, path=self.mp_dir)  # type: ignore[no-untyped-call]
+        workers_metrics = prom_mp.MultiProcessCollector(None, path=self.mp_dir)  # type: ignore[no-untyped-call]
+        self.registry.register(workers_metrics)
+        self.registry.register(UpstreamCounters(workers_metrics.collect))
         self.restarts = Counter(
             "bbr_worker_restarts", "Workers restarted after dying.", registry=self.registry
         )
