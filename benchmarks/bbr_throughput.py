@@ -354,7 +354,7 @@ def main() -> int:
         Path(args.result).write_text(json.dumps(result))
         return 0
     if args.smoke:
-        args.seconds, args.rounds, args.modes, args.max_workers = 0.3, 1, "buffered", 2
+        args.seconds, args.rounds, args.modes, args.max_workers = 0.3, 1, "buffered", 1
     modes = [m for m in args.modes.split(",") if m]
 
     cases: list[dict[str, Any]] = []
