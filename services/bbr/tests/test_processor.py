@@ -425,3 +425,80 @@ async def test_response_path_is_answered_if_envoy_sends_it(bbr: tuple[BBRApp, Lo
         rh = await ex.process_response_headers(200, {"content-type": "text/event-stream"}, False)
         assert rh.local_reply is None
         assert b"".join([c async for c in ex.process_response_body(sse())]) == b"data: [DONE]\n\n"
+
+
+# ----------------------------------------------------------------------------- trailers
+def _raw_stream_headers(mode: BodyMode, without_waiting: bool) -> ext_proc.ProcessingRequest:
+    req = _raw_headers(mode)
+    req.protocol_config.send_body_without_waiting_for_header_response = without_waiting
+    return req
+
+
+def _kinds(resps: list[ext_proc.ProcessingResponse]) -> list[str]:
+    return [str(r.WhichOneof("response")) for r in resps]
+
+
+@pytest.mark.parametrize(
+    ("mode", "without_waiting", "model_first", "after_body", "after_trailers"),
+    [
+        # Routed at the trailers: the held headers answer, the body, then the trailers.
+        (BodyMode.FULL_DUPLEX_STREAMED, False, False, [], ["request_headers", "request_body", "request_trailers"]),
+        # Routed early: everything but the trailers answer came with the body.
+        (BodyMode.FULL_DUPLEX_STREAMED, False, True, ["request_headers", "request_body"], ["request_trailers"]),
+        (BodyMode.STREAMED, True, False, [], ["request_headers", "request_body", "request_trailers"]),
+        (BodyMode.STREAMED, False, False, ["request_headers", "request_body"], ["request_trailers"]),
+        (BodyMode.BUFFERED, False, False, ["request_headers", "request_body"], ["request_trailers"]),
+    ],
+)  # fmt: skip
+async def test_request_trailers_end_the_body(
+    bbr: tuple[BBRApp, LogSink],
+    mode: BodyMode,
+    without_waiting: bool,
+    model_first: bool,
+    after_body: list[str],
+    after_trailers: list[str],
+) -> None:
+    """HTTP requests with trailers end their body without end_of_stream (Envoy's
+    request_trailer_mode SEND, which FULL_DUPLEX_STREAMED wants): BBR must not wait for it."""
+    app, _ = bbr
+    doc = (
+        {"model": "llama", "prompt": "x" * 50} if model_first else {"prompt": "x", "model": "llama"}
+    )
+    body = json.dumps(doc).encode()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
+        call = ext_proc_grpc.ExternalProcessorStub(channel).Process()
+        await call.write(_raw_stream_headers(mode, without_waiting))
+        got: list[ext_proc.ProcessingResponse] = []
+        if mode in (BodyMode.BUFFERED, BodyMode.STREAMED) and not without_waiting:
+            got.append(await call.read())  # Envoy waits for the headers answer first
+        await call.write(_raw_body(body, False))
+        while len(got) < len(after_body):
+            got.append(await call.read())
+        assert _kinds(got) == after_body
+        await call.write(ext_proc.ProcessingRequest(request_trailers=ext_proc.HttpTrailers()))
+        rest = [await call.read() for _ in after_trailers]
+        assert _kinds(rest) == after_trailers
+        await call.done_writing()
+        assert await call.read() is grpc.aio.EOF
+    answers = got + rest
+    headers = next(r for r in answers if r.WhichOneof("response") == "request_headers")
+    routed = {
+        h.header.key: h.header.raw_value
+        for h in headers.request_headers.response.header_mutation.set_headers
+    }
+    body_answers = [r for r in answers if r.WhichOneof("response") == "request_body"]
+    if mode == BodyMode.BUFFERED:
+        routed = {
+            h.header.key: h.header.raw_value
+            for h in body_answers[0].request_body.response.header_mutation.set_headers
+        }
+    if mode == BodyMode.STREAMED and not without_waiting:
+        assert routed == {}
+        assert sample(app, "bbr_requests_total", outcome="headers_dropped") == 1
+    else:
+        assert routed[MODEL_H] == b"meta-llama/Llama-3.1-8B-Instruct"
+        assert sample(app, "bbr_requests_total", outcome="routed") == 1
+    if mode == BodyMode.FULL_DUPLEX_STREAMED:
+        streamed = [r.request_body.response.body_mutation.streamed_response for r in body_answers]
+        assert b"".join(s.body for s in streamed) == body
+        assert not any(s.end_of_stream for s in streamed)  # the trailers end the stream

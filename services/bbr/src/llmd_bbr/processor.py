@@ -21,7 +21,7 @@ from typing import Any
 
 from llmd_sdk.contracts import ext_proc
 from llmd_sdk.extproc import BodyMode, ExtProcStream, Headers, Reply, StreamContext
-from llmd_sdk.extproc.messages import common_response, immediate_response
+from llmd_sdk.extproc.messages import common_response, error_response, immediate_response
 from llmd_sdk.openai import error_json
 
 from llmd_bbr.body import BodyRejected, encode_model, splice_model
@@ -69,6 +69,11 @@ _HEADERS_CONTINUE = ext_proc.ProcessingResponse(
 _BODY_CONTINUE = ext_proc.ProcessingResponse(
     request_body=ext_proc.BodyResponse(response=ext_proc.CommonResponse())
 )
+_TRAILERS_CONTINUE = ext_proc.ProcessingResponse(request_trailers=ext_proc.TrailersResponse())
+
+
+def _internal_error() -> ext_proc.ProcessingResponse:
+    return error_response(500, "bbr: internal error", details="bbr_internal_error")
 
 
 class BBRStream(ExtProcStream):
@@ -113,23 +118,12 @@ class BBRStream(ExtProcStream):
         return None
 
     async def on_request_body(self, headers: Headers, body: bytes) -> Reply:
-        """The whole body (BUFFERED, plain STREAMED, and streamed bodies that end before the
-        model shows): decide once."""
-        decision_or_error = self._decide(body)
-        if isinstance(decision_or_error, Reply):
-            return decision_or_error
-        decision = decision_or_error
-        outcome = decision.outcome
-        if outcome == "routed" and self._headers_unreachable():
-            outcome = "headers_dropped"
-            self.svc.warn_once(
-                "headers_dropped",
-                "STREAMED request body without send_body_without_waiting_for_header_response: "
-                "Envoy ignores header mutations in body responses, so BBR cannot route. Configure "
-                "FULL_DUPLEX_STREAMED, BUFFERED, or set send_body_without_waiting_for_header_response",
-            )
-        self._finish(outcome, decision)
-        return _reply(decision)
+        """The whole body, for the modes the base handles (BUFFERED_PARTIAL): decide once."""
+        result = self._decide(body)
+        if isinstance(result, Reply):
+            return result
+        self._finish(result.outcome, result)
+        return _reply(result)
 
     def on_error(self, exc: BaseException) -> None:
         self.svc.log.error(
@@ -147,8 +141,28 @@ class BBRStream(ExtProcStream):
         self._scanner = None
 
     # ------------------------------------------------------------- body handling
+    async def dispatch(self, req: ext_proc.ProcessingRequest) -> list[ext_proc.ProcessingResponse]:
+        if req.HasField("request_trailers") and self._awaiting_body():
+            try:
+                return self._body_complete(trailers=True)
+            except Exception as exc:  # as the base does for its own hooks
+                self.on_error(exc)
+                self.finished = True
+                return [_internal_error()]
+        return await super().dispatch(req)
+
+    def _awaiting_body(self) -> bool:
+        """Request trailers now end a body BBR is still waiting for."""
+        return not (
+            self._headers_decided
+            or self.finished
+            or self.outcome is not None
+            or self.request_body_mode == BodyMode.BUFFERED_PARTIAL
+        )
+
     async def _on_request_body(self, msg: ext_proc.HttpBody) -> list[ext_proc.ProcessingResponse]:
-        if self._headers_decided:
+        mode = self.request_body_mode
+        if self._headers_decided or mode == BodyMode.BUFFERED_PARTIAL:
             return await super()._on_request_body(msg)
         chunk, eos = msg.body, msg.end_of_stream
         self._size += len(chunk)
@@ -158,37 +172,62 @@ class BBRStream(ExtProcStream):
                 f"request body exceeds {self.max_request_body_bytes} bytes",
                 "too_large",
             ))]  # fmt: skip
-        if self.request_body_mode == BodyMode.BUFFERED:
-            return self._buffered(chunk, eos)
-        if not self._early_capable():
-            return await super()._on_request_body(msg)
+        if mode == BodyMode.BUFFERED:
+            # One message is the whole body (end_of_stream is false only when trailers follow).
+            return self._buffered(chunk)
         self._parts.append(chunk)
         self._chunks += 1
         if self._early is not None:
             return self._after_early(chunk, eos)
         if not eos:
-            return self._try_early(chunk)
-        # The body ended before the model showed (often: it came in one chunk).
+            if self._early_capable():
+                return self._try_early(chunk)
+            # Plain STREAMED: Envoy has already let the headers go, so nothing BBR decides can
+            # reach them; pass each chunk on at once and only check the body at its end.
+            return [_BODY_CONTINUE]
+        return self._body_complete(trailers=False)
+
+    def _body_complete(self, *, trailers: bool) -> list[ext_proc.ProcessingResponse]:
+        """The body has ended (end_of_stream, or request trailers): decide and answer."""
+        trailer_answer = [_TRAILERS_CONTINUE] if trailers else []
+        if self._early is not None:
+            return self._early_complete(trailers)
         body = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
         self._parts = []
         self._scanner = None
         result = self._decide(body)
         if isinstance(result, Reply):
             return [result.immediate] if result.immediate is not None else []
+        if self.request_body_mode == BodyMode.BUFFERED:
+            self._finish(result.outcome, result)
+            return [*self._buffered_answer(result), *trailer_answer]
+        if not self._early_capable():  # plain STREAMED
+            outcome = result.outcome
+            if result.route is not None:
+                outcome = "headers_dropped"
+                self.svc.warn_once(
+                    "headers_dropped",
+                    "STREAMED request body without send_body_without_waiting_for_header_response:"
+                    " Envoy ignores header mutations in body responses, so BBR cannot route."
+                    " Use FULL_DUPLEX_STREAMED or BUFFERED, or set"
+                    " send_body_without_waiting_for_header_response",
+                )
+            self._finish(outcome, result)
+            # Every chunk was answered as it came, except the last (none when trailers end it).
+            return trailer_answer if trailers else [_BODY_CONTINUE]
         self._finish(result.outcome, result)
-        return self._deliver_streamed(result, body)
+        return [*self._deliver_streamed(result, body, eos=not trailers), *trailer_answer]
 
-    def _buffered(self, chunk: bytes, eos: bool) -> list[ext_proc.ProcessingResponse]:
+    def _buffered(self, chunk: bytes) -> list[ext_proc.ProcessingResponse]:
         """BUFFERED: Envoy holds the headers, so the decision rides on the body response."""
-        self._parts.append(chunk)
-        if not eos:
-            return []
-        body = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
         self._parts = []
-        result = self._decide(body)
+        result = self._decide(chunk)
         if isinstance(result, Reply):
             return [result.immediate] if result.immediate is not None else []
         self._finish(result.outcome, result)
+        return self._buffered_answer(result)
+
+    def _buffered_answer(self, result: Decision) -> list[ext_proc.ProcessingResponse]:
         if result.body is None:
             return [self.svc.responses.body(result.set_headers, result.remove_headers)]
         set_headers = dict(result.set_headers)
@@ -213,9 +252,6 @@ class BBRStream(ExtProcStream):
         return mode == BodyMode.FULL_DUPLEX_STREAMED or (
             mode == BodyMode.STREAMED and self.send_body_without_waiting
         )
-
-    def _headers_unreachable(self) -> bool:
-        return self.request_body_mode == BodyMode.STREAMED and not self.send_body_without_waiting
 
     def _try_early(self, chunk: bytes) -> list[ext_proc.ProcessingResponse]:
         limit = self.svc.early_scan_bytes
@@ -267,13 +303,19 @@ class BBRStream(ExtProcStream):
         return out
 
     def _after_early(self, chunk: bytes, eos: bool) -> list[ext_proc.ProcessingResponse]:
-        full_duplex = self.request_body_mode == BodyMode.FULL_DUPLEX_STREAMED
+        """Routed already: answer each chunk as it comes; check the whole body at its end."""
         if not eos:
+            full_duplex = self.request_body_mode == BodyMode.FULL_DUPLEX_STREAMED
             return [_streamed(chunk, False) if full_duplex else _BODY_CONTINUE]
-        body = b"".join(self._parts)
-        self._parts = []
+        return self._early_complete(trailers=False, last=chunk)
+
+    def _early_complete(
+        self, trailers: bool, last: bytes = b""
+    ) -> list[ext_proc.ProcessingResponse]:
         early = self._early
         assert early is not None
+        body = b"".join(self._parts)
+        self._parts = []
         result = self._decide(body)
         if isinstance(result, Reply):
             return [result.immediate] if result.immediate is not None else []
@@ -285,10 +327,14 @@ class BBRStream(ExtProcStream):
                 "model",
             ))]  # fmt: skip
         self._finish(result.outcome, early)
-        return [_streamed(chunk, True) if full_duplex else _BODY_CONTINUE]
+        if trailers:  # every chunk was answered already
+            return [_TRAILERS_CONTINUE]
+        if self.request_body_mode == BodyMode.FULL_DUPLEX_STREAMED:
+            return [_streamed(last, True)]
+        return [_BODY_CONTINUE]
 
     def _deliver_streamed(
-        self, decision: Decision, body: bytes
+        self, decision: Decision, body: bytes, *, eos: bool = True
     ) -> list[ext_proc.ProcessingResponse]:
         """Headers response, then the whole body, once the body is complete."""
         set_headers = dict(decision.set_headers)
@@ -296,7 +342,7 @@ class BBRStream(ExtProcStream):
             set_headers["content-length"] = str(len(decision.body))
         out = [self.svc.responses.headers(set_headers, decision.remove_headers)]
         if self.request_body_mode == BodyMode.FULL_DUPLEX_STREAMED:
-            out.extend(_streamed_body(decision.body if decision.body is not None else body, True))
+            out.extend(_streamed_body(decision.body if decision.body is not None else body, eos))
         else:
             out.extend(_streamed_mode_answers(self._chunks, decision.body))
         return out
