@@ -502,3 +502,24 @@ async def test_request_trailers_end_the_body(
         streamed = [r.request_body.response.body_mutation.streamed_response for r in body_answers]
         assert b"".join(s.body for s in streamed) == body
         assert not any(s.end_of_stream for s in streamed)  # the trailers end the stream
+
+
+@pytest.mark.parametrize("mode", ROUTABLE, ids=lambda m: m.name)
+async def test_an_internal_failure_is_a_500_logged_and_counted(
+    bbr: tuple[BBRApp, LogSink], mode: Mode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, sink = bbr
+
+    def broken(body: bytes) -> Any:
+        raise RuntimeError("planted fault")
+
+    monkeypatch.setattr(app.router, "decide", broken)
+    out = await _one(app, mode, [CHAT], {**HEADERS, "x-request-id": "boom-1"})
+    assert out.local_reply is not None and out.local_reply.status == 500
+    assert json.loads(out.local_reply.body)["error"]["type"] == "InternalServerError"
+    (event,) = sink.events("internal error")
+    assert event["request_id"] == "boom-1" and "planted fault" in event["error"]
+    assert sample(app, "bbr_requests_total", outcome="error") == 1
+    monkeypatch.undo()
+    ok = await _one(app, mode, [CHAT])
+    assert ok.local_reply is None
