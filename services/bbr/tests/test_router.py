@@ -109,3 +109,29 @@ def test_repeated_model_uses_the_last_value_like_json_parsers() -> None:
 def test_rewrite_model_needs_a_string_model() -> None:
     with pytest.raises(ValueError):
         rewrite_model(b'{"prompt": 1}', "x")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"model": "a", "prompt": "x"}',
+        b'{"prompt": "x", "model" :\n "a"}',
+        b'{"messages": [{"role": "model", "content": "x"}], "model": "a"}',
+        b'{"tools": [{"model": "a"}], "model": "a"}',
+        b'{"\\u006dodel": "a", "x": {"model": "b"}}',
+        b'{"x": {"model": "b"}, "\\u006dodel": "a"}',
+        b'{"model": "a", "model": "a2"}',
+        b'{"k\\\\": 1, "model": "a"}',
+        '{"model": "é✓", "p": "✓"}'.encode(),
+        b'{"model": "esc\\"aped", "p": 1}',
+    ],
+)
+def test_rewrite_finds_the_top_level_model_like_the_full_scan(body: bytes) -> None:
+    from llmd_bbr.body import splice_model
+    from llmd_bbr.model_scan import find_model
+
+    token = find_model(body, last=True)
+    assert token is not None and token.value is not None
+    expected = splice_model(body, token.start, token.end, "new")
+    assert rewrite_model(body, "new") == expected
+    assert json.loads(rewrite_model(body, "new"))["model"] == "new"

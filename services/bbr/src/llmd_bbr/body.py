@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from llmd_bbr.model_scan import find_model
+from llmd_bbr.model_scan import ModelToken, find_model, string_end
 
 # Header values cannot carry control characters; a model name is a header value.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -88,10 +88,48 @@ def rewrite_model(body: bytes, new_model: str) -> bytes:
     Only the value's bytes change: every other member keeps its exact bytes. The caller has
     already checked, with `extract_model`, that the body is an object with a string `model`.
     """
-    token = find_model(body, last=True)
+    token = _sole_model_key(body) or find_model(body, last=True)
     if token is None or token.value is None:
         raise ValueError("body has no top-level model string to rewrite")
     return splice_model(body, token.start, token.end, new_model)
+
+
+_MODEL_KEY = b'"model"'
+# JSON may spell the key with escapes (`"\u006dodel"` is also `model`); every letter of `model`
+# escapes as \u006X, so a body without that byte sequence writes every such key literally.
+_ESCAPED_LETTER = b"\\u006"
+_WS = b" \t\r\n"
+
+
+def _sole_model_key(body: bytes) -> ModelToken | None:
+    """The `model` value found with C-speed searches, when that is unambiguous.
+
+    The body is known to be a JSON object with a top-level `model` key. When no key is written
+    with escapes, that key appears literally; if `"model"` occurs exactly once, it is that key.
+    Anything else (several occurrences, escaped keys) is left to the full scan.
+    """
+    first = body.find(_MODEL_KEY)
+    if first < 0 or body.find(_MODEL_KEY, first + 1) >= 0 or _ESCAPED_LETTER in body:
+        return None
+    pos = first + len(_MODEL_KEY)
+    n = len(body)
+    while pos < n and body[pos] in _WS:
+        pos += 1
+    if pos >= n or body[pos] != 0x3A:  # ":"
+        return None
+    pos += 1
+    while pos < n and body[pos] in _WS:
+        pos += 1
+    if pos >= n or body[pos] != 0x22:  # '"'
+        return None
+    end = string_end(body, pos + 1)
+    if end < 0:
+        return None
+    try:
+        value = json.loads(body[pos:end])
+    except ValueError:
+        return None
+    return ModelToken(value, pos, end) if isinstance(value, str) else None
 
 
 def splice_model(body: bytes | bytearray, start: int, end: int, new_model: str) -> bytes:

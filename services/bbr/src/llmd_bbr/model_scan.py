@@ -108,7 +108,7 @@ class ModelScanner:
         while self._state is not _State.DONE:
             state = self._state
             if state is _State.SKIP_STRING:
-                end = _string_end(buf, self._pos)
+                end = string_end(buf, self._pos)
                 if end < 0:
                     self._pos = n
                     return
@@ -146,7 +146,7 @@ class ModelScanner:
                 if c != 0x22:  # '"'
                     self._finish()
                     return
-                end = _string_end(buf, pos + 1)
+                end = string_end(buf, pos + 1)
                 if end < 0:
                     return  # the key is still arriving; rescan it from its quote next time
                 raw = bytes(buf[pos + 1 : end - 1])
@@ -165,7 +165,7 @@ class ModelScanner:
                 self._value_start = pos
                 if c == 0x22:  # a string
                     if self._key_is_model:
-                        end = _string_end(buf, pos + 1)
+                        end = string_end(buf, pos + 1)
                         if end < 0:
                             return  # wait for the whole value
                         if self._found(_decode_string(buf[pos:end]), pos, end):
@@ -214,7 +214,7 @@ class ModelScanner:
         depth = self._depth
         while True:
             if self._in_string:
-                end = _string_end(buf, pos)
+                end = string_end(buf, pos)
                 if end < 0:
                     self._pos, self._depth = len(buf), depth
                     return False
@@ -244,7 +244,7 @@ def _skip_ws(buf: bytearray, pos: int) -> int:
     return pos
 
 
-def _string_end(buf: bytearray, pos: int) -> int:
+def string_end(buf: bytes | bytearray, pos: int) -> int:
     """Offset just past the closing quote of a string whose content starts at `pos`, or -1."""
     while True:
         q = buf.find(b'"', pos)

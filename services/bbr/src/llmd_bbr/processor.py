@@ -316,7 +316,7 @@ class BBRStream(ExtProcStream):
         assert early is not None
         body = b"".join(self._parts)
         self._parts = []
-        result = self._decide(body)
+        result = self._decide(body, rewrite=False)  # the early answer carried any rewrite
         if isinstance(result, Reply):
             return [result.immediate] if result.immediate is not None else []
         if result.model != early.model:
@@ -348,12 +348,12 @@ class BBRStream(ExtProcStream):
         return out
 
     # ------------------------------------------------------------------ helpers
-    def _decide(self, body: bytes) -> Decision | Reply:
+    def _decide(self, body: bytes, *, rewrite: bool = True) -> Decision | Reply:
         """Route `body`, timing it; a Reply carries the rejection."""
         metrics = self.svc.metrics
         t0 = time.perf_counter()
         try:
-            decision = self.svc.router.decide(body)
+            decision = self.svc.router.decide(body, rewrite=rewrite)
         except BodyRejected as exc:
             metrics.parse_seconds.observe(time.perf_counter() - t0)
             metrics.body_bytes.observe(len(body))

@@ -41,8 +41,11 @@ class BodyRouter:
         self.table = table
         self.require_model = require_model
 
-    def decide(self, body: bytes) -> Decision:
-        """Decide from a complete body. Raises `BodyRejected` for bodies BBR refuses."""
+    def decide(self, body: bytes, *, rewrite: bool = True) -> Decision:
+        """Decide from a complete body. Raises `BodyRejected` for bodies BBR refuses.
+
+        `rewrite=False` skips building the rewritten body (the caller has rewritten already).
+        """
         if not body:
             return PASSTHROUGH
         model = extract_model(body)
@@ -53,7 +56,7 @@ class BodyRouter:
                 )
             return Decision("no_model")
         decision = self._route(model)  # extract_model has checked it
-        if decision.route is not None and decision.route.rewrite_to is not None:
+        if rewrite and decision.route is not None and decision.route.rewrite_to is not None:
             new_body = rewrite_model(body, decision.route.rewrite_to)
             return Decision(
                 decision.outcome,
