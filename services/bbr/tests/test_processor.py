@@ -510,7 +510,7 @@ async def test_an_internal_failure_is_a_500_logged_and_counted(
 ) -> None:
     app, sink = bbr
 
-    def broken(body: bytes) -> Any:
+    def broken(body: bytes, **kw: Any) -> Any:
         raise RuntimeError("planted fault")
 
     monkeypatch.setattr(app.router, "decide", broken)
