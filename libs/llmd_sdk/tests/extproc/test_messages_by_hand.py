@@ -232,3 +232,53 @@ async def test_an_unreachable_processor_is_a_500() -> None:
         out = await ex.process_request({":path": "/"}, [b"{}"])
         await ex.close(cancel=True)
     assert out.local_reply is not None and out.local_reply.status in (500, 504)
+
+
+def _trailers() -> ext_proc.ProcessingRequest:
+    return ext_proc.ProcessingRequest(request_trailers=ext_proc.HttpTrailers())
+
+
+async def test_plain_streamed_answers_each_chunk_as_it_comes() -> None:
+    router = _router()
+    first = await router.dispatch(_hdrs(mode=BodyMode.STREAMED))
+    assert [r.WhichOneof("response") for r in first] == ["request_headers"]
+    # The first chunk is answered at once, before the body is complete.
+    mid = await router.dispatch(_body(b'{"model": ', False))
+    assert [r.WhichOneof("response") for r in mid] == ["request_body"]
+    last = await router.dispatch(_body(b'"m3"}', True))
+    assert [r.WhichOneof("response") for r in last] == ["request_body"]
+    assert not last[0].request_body.response.HasField("header_mutation")
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        (BodyMode.BUFFERED, ["request_headers", "request_body", "request_trailers"]),
+        (
+            BodyMode.FULL_DUPLEX_STREAMED,
+            ["request_headers", "request_body", "request_trailers"],
+        ),
+        (BodyMode.STREAMED, ["request_headers", "request_body", "request_trailers"]),
+    ],
+)
+async def test_request_trailers_end_the_body(mode: BodyMode, expected: list[str]) -> None:
+    msgs = [_hdrs(mode=mode), _body(b'{"model": "m4"}', False), _trailers()]
+    out = [r async for r in _router().run(_feed(*msgs))]
+    assert [r.WhichOneof("response") for r in out] == expected
+    if mode == BodyMode.BUFFERED:
+        hv = out[1].request_body.response.header_mutation.set_headers[0].header
+        assert hv.raw_value == b"m4"
+    if mode == BodyMode.FULL_DUPLEX_STREAMED:
+        assert (
+            out[0].request_headers.response.header_mutation.set_headers[0].header.raw_value == b"m4"
+        )
+        sr = out[1].request_body.response.body_mutation.streamed_response
+        # The body never said end_of_stream (trailers follow), so the answer does not either.
+        assert (sr.body, sr.end_of_stream) == (b'{"model": "m4"}', False)
+
+
+async def test_immediate_reply_at_trailers_ends_the_exchange() -> None:
+    msgs = [_hdrs(mode=BodyMode.BUFFERED), _body(b"{bad", False), _trailers()]
+    out = [r async for r in _router().run(_feed(*msgs))]
+    assert [r.WhichOneof("response") for r in out] == ["request_headers", "immediate_response"]
+    assert out[1].immediate_response.status.code == 400

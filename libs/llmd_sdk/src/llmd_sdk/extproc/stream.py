@@ -81,6 +81,8 @@ class ExtProcStream:
         self._request_decided = False
         self._request_headers_answered = False
         self._body_parts: list[bytes] = []
+        self._last_body = b""
+        self._request_headers_seen = False
         self._body_size = 0
         self._body_chunks = 0
         self._response_parts: list[bytes] = []
@@ -150,7 +152,7 @@ class ExtProcStream:
                 resp = await self._on_response_body(req.response_body)
                 return [] if resp is None else [resp]
             if kind == "request_trailers":
-                return [ext_proc.ProcessingResponse(request_trailers=ext_proc.TrailersResponse())]
+                return await self._on_request_trailers()
             if kind == "response_trailers":
                 self.response_complete = True
                 return [ext_proc.ProcessingResponse(response_trailers=ext_proc.TrailersResponse())]
@@ -185,6 +187,7 @@ class ExtProcStream:
         self, msg: ext_proc.HttpHeaders
     ) -> list[ext_proc.ProcessingResponse]:
         self.request_headers = headers_to_dict(msg.headers)
+        self._request_headers_seen = True
         eos = msg.end_of_stream
         reply = await self.on_request_headers(self.request_headers, eos)
         if reply is None and (eos or self.request_body_mode == BodyMode.NONE):
@@ -223,16 +226,53 @@ class ExtProcStream:
                 )
             ]
         self._body_parts.append(chunk)
+        if self._streams_through():
+            # Plain STREAMED: Envoy let the headers go with the headers response, so nothing
+            # decided from the body can reach them. Answer each chunk at once (holding them
+            # would stall the upload) and decide when the body ends.
+            if not eos:
+                return [_REQUEST_BODY_CONTINUE]
+            return self._finish_streamed_through(await self._decide_body())
         if not eos:
             return []
+        return self._deliver_request_decision(await self._decide_body(), self._last_body)
+
+    def _streams_through(self) -> bool:
+        return self.request_body_mode == BodyMode.STREAMED and self._request_headers_answered
+
+    async def _decide_body(self) -> Reply:
         body = self._body_parts[0] if len(self._body_parts) == 1 else b"".join(self._body_parts)
         self._body_parts.clear()
+        self._last_body = body
         reply = await self.on_request_body(self.request_headers, body)
         self._request_decided = True
-        return self._deliver_request_decision(reply, body)
+        return reply
+
+    def _finish_streamed_through(
+        self, reply: Reply, *, trailers: bool = False
+    ) -> list[ext_proc.ProcessingResponse]:
+        if reply.immediate is not None:
+            self.finished = True
+            return [reply.immediate]
+        if reply.mutates_headers or reply.body is not None:
+            self.on_dropped_header_mutation(reply)
+        # Every chunk but the last was answered as it came; trailers have their own answer.
+        return [] if trailers else [_REQUEST_BODY_CONTINUE]
+
+    async def _on_request_trailers(self) -> list[ext_proc.ProcessingResponse]:
+        """Request trailers end a body whose last chunk did not say end_of_stream."""
+        answer = [ext_proc.ProcessingResponse(request_trailers=ext_proc.TrailersResponse())]
+        if self._request_decided or not self._request_headers_seen or self._body_chunks == 0:
+            return answer
+        reply = await self._decide_body()
+        if self._streams_through():
+            out = self._finish_streamed_through(reply, trailers=True)
+        else:
+            out = self._deliver_request_decision(reply, self._last_body, trailers=True)
+        return out if self.finished else [*out, *answer]
 
     def _deliver_request_decision(
-        self, reply: Reply, body: bytes
+        self, reply: Reply, body: bytes, *, trailers: bool = False
     ) -> list[ext_proc.ProcessingResponse]:
         if reply.immediate is not None:
             self.finished = True
@@ -256,15 +296,15 @@ class ExtProcStream:
             )
             _attach_metadata(resp, reply.dynamic_metadata)
             return [resp]
-        if not self._request_headers_answered:
-            out.append(self._headers_response(reply, request=True))
-            self._request_headers_answered = True
-        elif reply.mutates_headers:
-            self.on_dropped_header_mutation(reply)
+        # FULL_DUPLEX_STREAMED, or STREAMED with send_body_without_waiting: headers were held.
+        out.append(self._headers_response(reply, request=True))
+        self._request_headers_answered = True
         if mode == BodyMode.FULL_DUPLEX_STREAMED:
-            out.extend(_streamed_body(reply.body if reply.body is not None else body, True))
+            # With trailers the body never said end_of_stream, so neither may the answer.
+            new_body = reply.body if reply.body is not None else body
+            out.extend(_streamed_body(new_body, True, eos=not trailers))
             return out
-        # STREAMED: one answer per chunk received, in order.
+        # STREAMED with held headers: one answer per chunk received, in order.
         for i in range(self._body_chunks):
             if reply.body is None:
                 out.append(_body_continue(request=True))
@@ -376,13 +416,17 @@ def _streamed(chunk: bytes, eos: bool, *, request: bool) -> ext_proc.ProcessingR
     return ext_proc.ProcessingResponse(response_body=br)
 
 
-def _streamed_body(body: bytes, request: bool) -> list[ext_proc.ProcessingResponse]:
+def _streamed_body(
+    body: bytes, request: bool, *, eos: bool = True
+) -> list[ext_proc.ProcessingResponse]:
     if not body:
-        return [_streamed(b"", True, request=request)]
+        return [_streamed(b"", eos, request=request)]
     n = len(body)
     return [
         _streamed(
-            body[i : i + STREAMED_CHUNK_BYTES], i + STREAMED_CHUNK_BYTES >= n, request=request
+            body[i : i + STREAMED_CHUNK_BYTES],
+            eos and i + STREAMED_CHUNK_BYTES >= n,
+            request=request,
         )
         for i in range(0, n, STREAMED_CHUNK_BYTES)
     ]
