@@ -39,7 +39,8 @@ class EngineSource:
     """An engine that binds its PUB socket (vLLM's default): we connect to it.
 
     `endpoint` is the engine's serving address ("ip:port", what the EPP routes to); `model`
-    None takes the model from the topic. `replay_address` is the engine's ROUTER replay socket.
+    None takes the model from the topic. `replay_address` is the engine's ROUTER replay socket;
+    `topic` a subscription filter (default: every topic).
     """
 
     endpoint: str
@@ -195,8 +196,9 @@ class KVEventSubscriber:
         if source.endpoint in self._engines:
             await self.remove_engine(source.endpoint, purge=False)
         self._departed.discard(source.endpoint)
-        topic = source.topic if source.topic is not None else self.config.topic_filter
-        sock = self._sub_socket(topic)
+        # The socket is this engine's alone: take every topic unless told otherwise (vLLM's
+        # default topic is empty).
+        sock = self._sub_socket(source.topic or "")
         sock.connect(source.address)
         task = asyncio.create_task(self._receive(sock, source), name=f"kv-{source.endpoint}")
         self._engines[source.endpoint] = (source, sock, task)
@@ -230,9 +232,9 @@ class KVEventSubscriber:
     # -- receiving ------------------------------------------------------------------------------
 
     async def _receive(self, sock: zmq.asyncio.Socket, source: EngineSource | None) -> None:
-        raw = zmq.Socket.shadow(sock.underlying)
+        raw: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
         while True:
-            await sock.poll(flags=zmq.POLLIN)
+            await sock.poll()  # POLLIN
             for _ in range(_DRAIN_MAX):
                 try:
                     frames = raw.recv_multipart(zmq.NOBLOCK)
@@ -378,7 +380,7 @@ class KVEventSubscriber:
             deadline = time.monotonic() + self.config.replay_timeout_s
             while True:
                 left = deadline - time.monotonic()
-                if left <= 0 or not await sock.poll(int(left * 1000), zmq.POLLIN):
+                if left <= 0 or not await sock.poll(int(left * 1000)):
                     return None
                 frames = await sock.recv_multipart()
                 if len(frames) != 3:

@@ -116,6 +116,10 @@ def holder_from_wire(raw: bytes | str) -> Holder:
     return Holder(endpoint, medium, int(rank))
 
 
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
 class RedisIndex(KVBlockIndex):
     """The index in a Redis/Valkey server at `url` (``redis://host:port/db``)."""
 
@@ -147,10 +151,11 @@ class RedisIndex(KVBlockIndex):
             tag = self._model_tags[model] = f"{self.prefix}:{{{model}}}"
         return tag
 
-    def _holder(self, raw: bytes) -> Holder:
-        h = self._holders.get(raw)
+    def _holder(self, raw: bytes | str) -> Holder:
+        b = raw if isinstance(raw, bytes) else raw.encode()
+        h = self._holders.get(b)
         if h is None:
-            h = self._holders[raw] = holder_from_wire(raw)
+            h = self._holders[b] = holder_from_wire(b)
         return h
 
     # -- writes -------------------------------------------------------------------------------
@@ -194,7 +199,8 @@ class RedisIndex(KVBlockIndex):
                 wire = holder_to_wire(holder)
                 rev = f"{tag}:r:{wire}"
                 while True:
-                    chunk = [m.decode() for m in await self._r.srandmember(rev, _CLEAR_CHUNK)]
+                    members: list[bytes] = await self._r.srandmember(rev, _CLEAR_CHUNK)  # type: ignore[assignment]
+                    chunk = [_text(m) for m in members]
                     if not chunk:
                         break
                     keys = [f"{tag}:holders", rev, f"{tag}:stats"]
@@ -221,7 +227,7 @@ class RedisIndex(KVBlockIndex):
         return out
 
     async def _models(self) -> list[str]:
-        return sorted(m.decode() for m in await self._r.smembers(f"{self.prefix}:models"))
+        return sorted(_text(m) for m in await self._r.smembers(f"{self.prefix}:models"))
 
     async def endpoints(self, model: str | None = None) -> list[str]:
         models = [model] if model is not None else await self._models()
