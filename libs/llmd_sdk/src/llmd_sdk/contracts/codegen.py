@@ -24,7 +24,7 @@ def proto_files(root: Path = PROTO_ROOT) -> list[Path]:
 
 def generate(out_dir: Path = GEN_DIR, proto_root: Path = PROTO_ROOT) -> list[Path]:
     """Compile every proto into `out_dir`; returns the files written."""
-    from grpc_tools import protoc  # dev dependency: only needed to regenerate
+    from grpc_tools import protoc  # type: ignore[import-untyped]  # dev-only dependency
 
     out_dir.mkdir(parents=True, exist_ok=True)
     include = str(Path(protoc.__file__).parent / "_proto")
