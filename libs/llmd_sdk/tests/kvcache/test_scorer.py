@@ -85,3 +85,51 @@ def test_weights_are_validated() -> None:
 
 def test_holder_endpoints() -> None:
     assert holder_endpoints([hs(Holder(B)), hs(Holder(A), Holder(B))]) == [A, B]
+
+
+def _reference(
+    sets: list[frozenset[Holder]], candidates: list[str], scorer: PrefixScorer
+) -> list[tuple[int, float, int]]:
+    """Block by block, pair by pair: the definition, slowly."""
+    w = scorer.weights
+    out = []
+    for ep in candidates:
+        best: tuple[int, float, int] = (0, 0.0, -1)
+        ranks = {h.rank for s in sets for h in s if h.endpoint == ep}
+        for r in sorted(ranks):
+            n, sc = 0, 0.0
+            for s in sets:
+                mediums = [h.medium for h in s if (h.endpoint, h.rank) == (ep, r)]
+                if not mediums:
+                    break
+                n += 1
+                sc += max(w.get(m, scorer.default_weight) for m in mediums)
+            if (n, sc) > best[:2]:
+                best = (n, sc, r)
+        out.append(best)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_matches_the_definition_on_random_prefixes(seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    eps = [f"e{i}:1" for i in range(6)]
+    universe = [Holder(e, m, r) for e in eps for m in ("GPU", "CPU", "STORAGE") for r in (-1, 0)]
+    cur = frozenset(rng.sample(universe, 10))
+    sets = []
+    for _ in range(rng.randrange(1, 60)):
+        if rng.random() < 0.3:  # change a few holders, as evictions and offloads do
+            drop = set(rng.sample(sorted(cur), k=min(len(cur), rng.randrange(0, 3))))
+            add = set(rng.sample(universe, k=rng.randrange(0, 2)))
+            cur = frozenset((cur - drop) | add) or frozenset([universe[0]])
+        sets.append(cur if rng.random() < 0.5 else frozenset(cur))  # identical or equal
+    scorer = PrefixScorer({"CPU": 0.6, "STORAGE": 0.3})
+    candidates = rng.sample(eps, 4)
+    got = [
+        (s.matched_blocks, round(s.score, 9), s.data_parallel_rank)
+        for s in scorer.score(sets, candidates)
+    ]
+    want = [(n, round(sc, 9), r) for n, sc, r in _reference(sets, candidates, scorer)]
+    assert got == want

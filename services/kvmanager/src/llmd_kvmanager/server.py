@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import signal
 import sys
 from collections.abc import Iterator, Sequence
@@ -113,6 +114,11 @@ class Server:
     async def start(self) -> None:
         cfg = self.config
         await self.manager.start()
+        # Everything built so far (the index's containers above all) lives as long as the
+        # process: keep it out of the cyclic collector's full passes, which would otherwise walk
+        # every block of the in-memory index (~50 ms per million blocks).
+        gc.collect()
+        gc.freeze()
         self.grpc = grpc.aio.server()
         add_to_server(self.grpc, self.manager)
         self.grpc_port = self.grpc.add_insecure_port(f"{cfg.host}:{cfg.grpc_port}")

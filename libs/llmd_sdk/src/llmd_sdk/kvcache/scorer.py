@@ -5,8 +5,8 @@ rank), because a data-parallel rank is a cache of its own: the blocks must sit o
 reused. An endpoint's result is its best rank. A block counts once, on its best medium for that
 rank, weighted by the medium's tier weight (GPU 1.0; CPU and storage lower, configurable).
 
-Runs of consecutive blocks with equal holder sets (the common case: a shared prefix) are scored
-once per run, so a 512-block prompt held by 64 engines costs a few set operations, not 32,768.
+Only the holders that change from one block to the next are looked at, so a 512-block prompt
+held by 64 engines costs a few set operations per change along the prefix, not 32,768 steps.
 """
 
 from __future__ import annotations
@@ -43,15 +43,29 @@ class EndpointScore:
 
 @dataclass(slots=True)
 class _Acc:
+    """A live (endpoint, rank) chain: totals so far, and its current medium since block `since`."""
+
+    medium: str
+    since: int
     matched: int = 0
     score: float = 0.0
     by_medium: dict[str, int] = field(default_factory=dict)
 
 
-class PrefixScorer:
-    """Longest-consecutive-prefix scorer with tier weights."""
+_BestMap = dict[tuple[str, int], str]
+_CACHE_LIMIT = 4096
 
-    __slots__ = ("default_weight", "weights")
+
+class PrefixScorer:
+    """Longest-consecutive-prefix scorer with tier weights.
+
+    Between two consecutive blocks only the holders that differ are looked at (two C-level set
+    differences), so the cost grows with the number of changes along the prefix, not with
+    blocks x holders. Per holder set, the best medium of each (endpoint, rank) is cached: the
+    in-memory index hands out the same interned sets call after call.
+    """
+
+    __slots__ = ("_best_cache", "default_weight", "weights")
 
     def __init__(
         self,
@@ -65,19 +79,37 @@ class PrefixScorer:
                 raise ValueError(f"tier_weights.{medium}: must be within [0, 1], got {w}")
         self.weights = merged
         self.default_weight = default_weight
+        self._best_cache: dict[HolderSet, _BestMap] = {}
 
-    def _best(self, hs: HolderSet, wanted: set[str] | None) -> dict[tuple[str, int], str]:
-        """(endpoint, rank) -> its best medium in one holder set."""
+    def _best(self, hs: HolderSet) -> _BestMap:
+        """(endpoint, rank) -> its best medium in one holder set (cached per set)."""
+        cache = self._best_cache
+        try:
+            hit = cache.get(hs)  # type: ignore[call-overload]
+        except TypeError:  # an unhashable collection from a custom backend
+            hit = None
+        if hit is not None:
+            return hit
         weights, dw = self.weights, self.default_weight
-        best: dict[tuple[str, int], str] = {}
+        best: _BestMap = {}
         for h in hs:
-            if wanted is not None and h.endpoint not in wanted:
-                continue
             pair = (h.endpoint, h.rank)
             cur = best.get(pair)
             if cur is None or weights.get(h.medium, dw) > weights.get(cur, dw):
                 best[pair] = h.medium
+        if isinstance(hs, frozenset):
+            if len(cache) >= _CACHE_LIMIT:
+                cache.clear()
+            cache[hs] = best
         return best
+
+    def _close(self, acc: _Acc, pos: int) -> None:
+        n = pos - acc.since
+        if n > 0:
+            acc.matched += n
+            acc.score += self.weights.get(acc.medium, self.default_weight) * n
+            acc.by_medium[acc.medium] = acc.by_medium.get(acc.medium, 0) + n
+        acc.since = pos
 
     def score(
         self, holder_sets: Sequence[HolderSet], candidates: Sequence[str]
@@ -89,45 +121,53 @@ class PrefixScorer:
         wanted = set(candidates)
         alive: dict[tuple[str, int], _Acc] = {}
         done: dict[tuple[str, int], _Acc] = {}
-        weights, dw = self.weights, self.default_weight
+        close = self._close
         prev: HolderSet | None = None
-        run = 0
-        first = True
-
-        def flush(hs: HolderSet, n: int) -> None:
-            nonlocal first
-            best = self._best(hs, wanted)
-            if first:
-                first = False
-                for pair in best:
-                    alive[pair] = _Acc()
-            else:
-                for pair in [p for p in alive if p not in best]:
-                    done[pair] = alive.pop(pair)
-            for pair, acc in alive.items():
-                medium = best[pair]
-                acc.matched += n
-                acc.score += weights.get(medium, dw) * n
-                acc.by_medium[medium] = acc.by_medium.get(medium, 0) + n
-
+        pos = 0
         for hs in holder_sets:
-            if hs is prev or (prev is not None and hs == prev):
-                run += 1
+            if hs is prev:
+                pos += 1
                 continue
-            if prev is not None:
-                flush(prev, run)
+            if prev is None:
+                for pair, medium in self._best(hs).items():
+                    if pair[0] in wanted:
+                        alive[pair] = _Acc(medium, 0)
                 if not alive:
-                    prev = None
                     break
-            prev, run = hs, 1
-        if prev is not None:
-            flush(prev, run)
+            elif hs != prev:
+                try:
+                    changed = prev ^ hs  # type: ignore[operator]
+                except TypeError:  # plain collections from a custom backend
+                    changed = set(prev) ^ set(hs)
+                best = self._best(hs)
+                for pair in {(h.endpoint, h.rank) for h in changed}:
+                    acc = alive.get(pair)
+                    if acc is None:
+                        continue
+                    medium = best.get(pair)
+                    if medium is None:
+                        close(acc, pos)
+                        done[pair] = alive.pop(pair)
+                    elif medium != acc.medium:
+                        close(acc, pos)
+                        acc.medium = medium
+                if not alive:
+                    break
+            prev = hs
+            pos += 1
+        for acc in alive.values():
+            close(acc, pos)
         done.update(alive)
 
         best_by_endpoint: dict[str, tuple[int, _Acc]] = {}
         for (endpoint, rank), acc in done.items():
             cur = best_by_endpoint.get(endpoint)
-            if cur is None or (acc.matched, acc.score) > (cur[1].matched, cur[1].score):
+            # Longest, then heaviest, then the lowest rank: deterministic on ties.
+            if cur is None or (acc.matched, acc.score, -rank) > (
+                cur[1].matched,
+                cur[1].score,
+                -cur[0],
+            ):
                 best_by_endpoint[endpoint] = (rank, acc)
         out: list[EndpointScore] = []
         for endpoint in candidates:

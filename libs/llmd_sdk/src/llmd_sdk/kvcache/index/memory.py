@@ -7,8 +7,15 @@ Layout, chosen for the two hot paths (ingesting block events, prefix lookups of 
 - Holder sets are interned: every block held by the same engines shares one frozenset object.
   A long shared prefix is then a run of identical objects, which the scorer walks in O(1) per
   block, and a block costs one pointer instead of its own set.
-- ``_rev``: ``(model, holder) -> set of keys``, so that dropping an engine (``AllBlocksCleared``,
-  a resync, leaving the pool) touches only that engine's blocks.
+- ``_rev``: ``(model, holder) -> keys``, so that dropping an engine (``AllBlocksCleared``,
+  a resync, leaving the pool) touches only that engine's blocks. The key collections are dicts
+  of ints, not sets: CPython does not track such dicts in its cyclic garbage collector, whereas
+  a full collection walks every element of a set (0.6 s for 4M keys).
+
+Garbage-collector pauses: the LRU dict itself is one tracked container, walked by every full
+collection (~50 ms per million blocks). A process holding a large index should call
+``gc.freeze()`` once the index is built (kvmanager does after start-up) so that full
+collections skip it.
 
 No I/O and no locks: it belongs to one event loop (or one simulator thread). The async methods
 of `KVBlockIndex` wrap the synchronous ``*_sync`` ones, which callers on the loop may use directly.
@@ -17,7 +24,7 @@ of `KVBlockIndex` wrap the synchronous ``*_sync`` ones, which callers on the loo
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from llmd_sdk.kvcache.index.base import (
     ClearEndpoint,
@@ -45,7 +52,7 @@ class InMemoryIndex(KVBlockIndex):
         self.capacity = capacity
         self.touch_on_lookup = touch_on_lookup
         self._blocks: OrderedDict[tuple[str, int], frozenset[Holder]] = OrderedDict()
-        self._rev: dict[tuple[str, Holder], set[int]] = {}
+        self._rev: dict[tuple[str, Holder], dict[int, None]] = {}
         self._entries = 0
         self._evictions = 0
         self._intern: dict[frozenset[Holder], frozenset[Holder]] = {}
@@ -101,9 +108,9 @@ class InMemoryIndex(KVBlockIndex):
         rk = (model, holder)
         rev = self._rev.get(rk)
         if rev is None:
-            rev = self._rev[rk] = set()
+            rev = self._rev[rk] = {}
         single = self._with(_EMPTY, holder)
-        get, move, rev_add = blocks.get, blocks.move_to_end, rev.add
+        get, move = blocks.get, blocks.move_to_end
         added = 0
         for k in keys:
             bk = (model, k)
@@ -116,7 +123,7 @@ class InMemoryIndex(KVBlockIndex):
                     blocks[bk] = self._with(hs, holder)
                     added += 1
                 move(bk)
-            rev_add(k)
+            rev[k] = None
         self._entries += added
         if len(blocks) > self.capacity:
             self._evict(len(blocks) - self.capacity)
@@ -128,7 +135,7 @@ class InMemoryIndex(KVBlockIndex):
             for h in hs:
                 s = rev.get((model, h))
                 if s is not None:
-                    s.discard(k)
+                    s.pop(k, None)
             self._entries -= len(hs)
         self._evictions += n
 
@@ -137,9 +144,7 @@ class InMemoryIndex(KVBlockIndex):
         if rev is not None:
             self._drop(model, holder, keys, rev)
 
-    def _drop(
-        self, model: str, holder: Holder, keys: Sequence[int] | set[int], rev: set[int]
-    ) -> None:
+    def _drop(self, model: str, holder: Holder, keys: Iterable[int], rev: dict[int, None]) -> None:
         blocks = self._blocks
         get = blocks.get
         removed = 0
@@ -153,7 +158,7 @@ class InMemoryIndex(KVBlockIndex):
                 blocks[bk] = rest
             else:
                 del blocks[bk]
-            rev.discard(k)
+            rev.pop(k, None)
             removed += 1
         self._entries -= removed
 
@@ -167,7 +172,7 @@ class InMemoryIndex(KVBlockIndex):
         ]
         for rk in targets:
             keys = self._rev.pop(rk)
-            self._drop(rk[0], rk[1], keys, set())
+            self._drop(rk[0], rk[1], keys, {})
 
     # -- reads --------------------------------------------------------------------------------
 
