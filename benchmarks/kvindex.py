@@ -42,9 +42,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import free_port, machine, percentile, table, write_json
 from llmd_sdk.kvcache.applier import PublisherKey
-from llmd_sdk.kvcache.events import BlockRemoved, BlockStored, KVEventBatch, encode_batch
+from llmd_sdk.kvcache.events import (
+    AllBlocksCleared,
+    BlockRemoved,
+    BlockStored,
+    KVEventBatch,
+    encode_batch,
+)
 from llmd_sdk.kvcache.hashing import BlockHasher, block_key
 from llmd_sdk.kvcache.index import (
+    ClearEndpoint,
     Holder,
     HolderSet,
     IndexOp,
@@ -75,7 +82,7 @@ def _batches(n: int, events: int, blocks: int, seed: int) -> list[bytes]:
     out: list[bytes] = []
     live: list[bytes] = []
     for _ in range(n):
-        evs: list[BlockStored | BlockRemoved] = []
+        evs: list[BlockStored | BlockRemoved | AllBlocksCleared] = []
         for e in range(events):
             if e % 4 == 3 and len(live) >= blocks:
                 gone, live = live[:blocks], live[blocks:]
@@ -153,7 +160,7 @@ class _Count:
         self.last = 0.0
 
     def batch(self, key: PublisherKey, batch: KVEventBatch, ops: list[IndexOp]) -> None:
-        n = sum(len(op.keys) for op in ops if hasattr(op, "keys"))  # type: ignore[union-attr]
+        n = sum(len(op.keys) for op in ops if not isinstance(op, ClearEndpoint))
         if n:
             now = time.perf_counter()
             if not self.blocks:
@@ -191,8 +198,9 @@ async def bench_ingest(
     )
     proc.start()
     try:
-        while not parent.poll():  # the child builds its batches first
-            await asyncio.sleep(0.05)
+        # The child builds its batches first.
+        if not await asyncio.to_thread(parent.poll, 300):
+            raise RuntimeError("publisher never got ready")
         assert parent.recv() == "built"
         deadline = time.monotonic() + 30
         while sub.counters.batches == 0:
@@ -254,11 +262,11 @@ def load_bench_tokenizer() -> tuple[Tokenizer, str]:
              for _ in range(5000)]  # fmt: skip
     corpus = [" ".join(rng.choice(words) for _ in range(200)) for _ in range(500)]
     hf = HFTokenizer(models.BPE())
-    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # type: ignore[assignment]
-    hf.decoder = decoders.ByteLevel()  # type: ignore[assignment]
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
     hf.train_from_iterator(
         corpus,
-        trainers.BpeTrainer(  # type: ignore[call-arg]
+        trainers.BpeTrainer(
             vocab_size=8192,
             show_progress=False,
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
@@ -453,16 +461,16 @@ def redis_server() -> Iterator[str | None]:
 
 async def make_index(backend: str, url: str | None) -> KVBlockIndex:
     if backend == "memory":
-        idx = InMemoryIndex(capacity=2_000_000)
+        mem = InMemoryIndex(capacity=2_000_000)
         gc.collect()
         gc.freeze()  # as kvmanager does after start-up (see InMemoryIndex's docstring)
-        return idx
+        return mem
     from llmd_sdk.kvcache.index.redis import RedisIndex
 
     assert url is not None
-    idx = await RedisIndex(url).connect()
-    await idx._r.flushdb()
-    return idx
+    red = await RedisIndex(url).connect()
+    await red._r.flushdb()
+    return red
 
 
 # -- main ----------------------------------------------------------------------------------------
