@@ -1,18 +1,27 @@
-"""kvmanager's configuration: one YAML file, a few flags on top, validated with pydantic.
+"""kvmanager's settings (`llmd_sdk.settings`): flags > ``LLMD_KVMANAGER_*`` env > YAML > defaults.
 
 Bad input is reported as one line per problem naming the field (``models.0.block_size: ...``).
+Flags follow the fields: ``--grpc-port``, ``--ingest.bind``, ``--backend.kind``, ... plus the
+``--engine ENDPOINT=ZMQ[,MODEL[,REPLAY]]`` shorthand, repeatable.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from llmd_sdk.kvcache.hashing import HASH_ALGOS
 from llmd_sdk.kvcache.index.memory import DEFAULT_CAPACITY
 from llmd_sdk.kvcache.scorer import DEFAULT_TIER_WEIGHTS
 from llmd_sdk.kvcache.topics import DEFAULT_TOPIC_PATTERN
+from llmd_sdk.settings import (
+    ServiceSettings,
+    SettingsConfigDict,
+    SettingsError,
+    format_validation_error,
+    load_settings,
+)
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
@@ -96,26 +105,35 @@ class BackendConfig(_Strict):
     redis_prefix: str = "llmd:kv"
 
 
-class KVManagerConfig(_Strict):
+class KVManagerConfig(ServiceSettings):
+    """Settings: flags > ``LLMD_KVMANAGER_*`` environment > YAML (``--config``) > defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="LLMD_KVMANAGER_")
+
     host: str = "0.0.0.0"
+    """Listen address of both servers."""
     grpc_port: int = Field(default=9010, ge=0, le=65535)
+    """KVIndex gRPC port."""
     http_port: int = Field(default=9011, ge=0, le=65535)
+    """Health, metrics and pool-membership HTTP port."""
     log_level: str = "INFO"
     log_json: bool = True
     backend: BackendConfig = Field(default_factory=lambda: BackendConfig())
     ingest: IngestConfig = Field(default_factory=lambda: IngestConfig())
     engines: list[EngineConfig] = Field(default_factory=list)
+    """Engines whose publishers bind; we connect to each."""
     models: list[ModelConfig] = Field(default_factory=list)
-    # Score requests for models not listed, from token ids, with vLLM's default hashing.
     accept_unknown_models: bool = True
+    """Score models not listed, from token ids, with vLLM's default hashing."""
     tier_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_TIER_WEIGHTS))
+    """Weight of a matched block per medium (GPU, CPU, STORAGE)."""
 
     @field_validator("tier_weights")
     @classmethod
     def _weights(cls, v: dict[str, float]) -> dict[str, float]:
         for medium, w in v.items():
             if not 0.0 <= w <= 1.0:
-                raise ValueError(f"{medium}: must be within [0, 1], got {w}")
+                raise ValueError(f"every weight must be within [0, 1] ({medium} has {w})")
         return {k.upper(): w for k, w in v.items()}
 
     @model_validator(mode="after")
@@ -132,48 +150,55 @@ class KVManagerConfig(_Strict):
         return next((m for m in self.models if m.name == name), None)
 
 
-class ConfigError(ValueError):
-    """Invalid configuration; the message is one line per problem, naming the field."""
-
-
-def describe(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "config"
-        msg = e["msg"].removeprefix("Value error, ")
-        lines.append(f"{loc}: {msg}")
-    return "\n".join(lines)
-
-
-def parse_config(data: dict[str, Any]) -> KVManagerConfig:
+def config_from(data: dict[str, Any]) -> KVManagerConfig:
+    """Settings from a mapping only (no flags, environment or file): tests and embedding."""
     try:
         return KVManagerConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(describe(err)) from None
+        raise SettingsError(format_validation_error(err, KVManagerConfig)) from None
+
+
+def parse_engine_flag(raw: str) -> EngineConfig:
+    """``ENDPOINT=ZMQ[,MODEL[,REPLAY]]``, the ``--engine`` shorthand."""
+    endpoint, sep, rest = raw.partition("=")
+    if not sep:
+        raise SettingsError([f"--engine: expected ENDPOINT=ZMQ[,MODEL[,REPLAY]] (got {raw})"])
+    parts = rest.split(",")
+    data: dict[str, Any] = {"endpoint": endpoint, "zmq": parts[0]}
+    if len(parts) > 1 and parts[1]:
+        data["model"] = parts[1]
+    if len(parts) > 2 and parts[2]:
+        data["replay"] = parts[2]
+    try:
+        return EngineConfig.model_validate(data)
+    except ValidationError as err:
+        raise SettingsError(
+            [f"--engine {line}" for line in format_validation_error(err, EngineConfig)]
+        ) from None
 
 
 def load_config(
-    path: str | Path | None, overrides: dict[str, Any] | None = None
+    argv: Sequence[str] | None = None, yaml_path: str | Path | None = None
 ) -> KVManagerConfig:
-    """Read `path` (YAML; None for defaults) and apply `overrides` (dotted keys allowed)."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config: {p} does not exist") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"config: {p}{where} is not valid YAML") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"config: {p} must hold a mapping")
-        data = loaded or {}
-    for dotted, value in (overrides or {}).items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return parse_config(data)
+    """Settings from flags (`argv`, with any number of ``--engine`` shorthands), the
+    environment and YAML. Raises `SettingsError` (one line per problem)."""
+    rest: list[str] = []
+    engines: list[EngineConfig] = []
+    items = iter(argv or [])
+    for arg in items:
+        if arg == "--engine":
+            value = next(items, None)
+            if value is None:
+                raise SettingsError(["--engine: expected ENDPOINT=ZMQ[,MODEL[,REPLAY]]"])
+            engines.append(parse_engine_flag(value))
+        elif arg.startswith("--engine="):
+            engines.append(parse_engine_flag(arg.split("=", 1)[1]))
+        else:
+            rest.append(arg)
+    cfg = load_settings(KVManagerConfig, rest if argv is not None else None, yaml_path,
+                        prog="llmd-kvmanager")  # fmt: skip
+    if engines:
+        data = cfg.model_dump()
+        data["engines"] = data["engines"] + [e.model_dump() for e in engines]
+        cfg = config_from(data)
+    return cfg

@@ -1,7 +1,7 @@
 """HTTP on port 9011: health, readiness, Prometheus metrics, and pool membership.
 
-- ``GET /healthz``: the process is alive.
-- ``GET /readyz``: 200 once ingestion runs and the backend answered, else 503.
+- ``GET /healthz``, ``GET /readyz`` (`llmd_sdk.health`): alive; ready once ingestion runs and
+  while the index backend answers (checked every few seconds), else 503.
 - ``GET /metrics``: Prometheus text exposition (index gauges refreshed per scrape).
 - ``GET /engines``: configured engines and every publisher seen, with their counters.
 - ``POST /engines``: add an engine (JSON `EngineConfig`); ``DELETE /engines/{endpoint}``: it
@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from llmd_sdk.health import add_health_routes
 from llmd_sdk.telemetry import exposition
 
 from llmd_kvmanager import __version__
@@ -34,20 +35,7 @@ def create_app(manager: KVManager) -> FastAPI:
             lines.append(f"{loc}: {str(e['msg']).removeprefix('Value error, ')}")
         return JSONResponse({"error": "; ".join(lines)}, status_code=400)
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz")
-    async def readyz() -> JSONResponse:
-        if not manager.ready:
-            return JSONResponse({"status": "starting"}, status_code=503)
-        try:
-            await manager.index.stats()
-        except Exception as exc:  # the backend is down: not ready
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            return JSONResponse({"status": "backend unavailable", "error": msg}, status_code=503)
-        return JSONResponse({"status": "ready"})
+    add_health_routes(app, manager.health)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

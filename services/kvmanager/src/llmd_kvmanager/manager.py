@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from llmd_sdk.contracts import KVINDEX_SERVICE
+from llmd_sdk.health import HealthState
 from llmd_sdk.kvcache.hashing import BlockHasher
 from llmd_sdk.kvcache.index import InMemoryIndex, KVBlockIndex
 from llmd_sdk.kvcache.indexer import PrefixCacheIndexer
@@ -94,7 +96,11 @@ class KVManager:
             ),
             observer=MetricsObserver(self.metrics),
         )
-        self.ready = False
+        self.health = HealthState([KVINDEX_SERVICE])
+
+    @property
+    def ready(self) -> bool:
+        return self.health.ready
 
     def _make_index(self) -> KVBlockIndex:
         b = self.config.backend
@@ -116,10 +122,22 @@ class KVManager:
         for e in self.config.engines:
             await self.subscriber.add_engine(engine_source(e))
         self.metrics.engines.set(len(self.subscriber.engines))
-        self.ready = True
+        self.health.set_ready()
+
+    async def check_backend(self) -> bool:
+        """Readiness follows the backend: not ready while it does not answer."""
+        try:
+            await self.index.stats()
+        except Exception:
+            ok = False
+        else:
+            ok = True
+        if not self.health.shutting_down:
+            self.health.set_ready(ok)
+        return ok
 
     async def stop(self) -> None:
-        self.ready = False
+        self.health.shutdown()
         await self.subscriber.stop()
         await self.index.aclose()
 

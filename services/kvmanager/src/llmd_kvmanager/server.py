@@ -7,88 +7,26 @@ in-flight ones finish, ingestion stops, the backend connection closes.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import gc
 import signal
 import sys
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import grpc
 import uvicorn
+from llmd_sdk.health import HealthServicer
+from llmd_sdk.settings import SettingsError
 from llmd_sdk.telemetry import configure_logging, get_logger
 
 from llmd_kvmanager import __version__
-from llmd_kvmanager.config import ConfigError, KVManagerConfig, load_config
+from llmd_kvmanager.config import KVManagerConfig, load_config
 from llmd_kvmanager.grpc_api import add_to_server
 from llmd_kvmanager.http_api import create_app
 from llmd_kvmanager.manager import KVManager
 
 log = get_logger("llmd_kvmanager")
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="llmd-kvmanager",
-        description="Global KV-cache block index fed by vLLM KV events; prefix scores over gRPC.",
-    )
-    p.add_argument("--config", "-c", help="YAML configuration file (see the README)")
-    p.add_argument("--host", help="listen address (default 0.0.0.0)")
-    p.add_argument("--grpc-port", type=int, help="KVIndex gRPC port (default 9010)")
-    p.add_argument("--http-port", type=int, help="health and metrics port (default 9011)")
-    p.add_argument("--bind", help="bind a SUB socket engines connect to, e.g. tcp://*:5557")
-    p.add_argument(
-        "--engine",
-        action="append",
-        default=[],
-        metavar="ENDPOINT=ZMQ[,MODEL[,REPLAY]]",
-        help="an engine whose publisher binds, e.g. 10.0.0.7:8000=tcp://10.0.0.7:5557 (repeat)",
-    )
-    p.add_argument("--backend", choices=["memory", "redis"], help="index backend")
-    p.add_argument("--redis-url", help="redis://host:port/db for the redis backend")
-    p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
-    p.add_argument("--version", action="version", version=f"llmd-kvmanager {__version__}")
-    return p.parse_args(argv)
-
-
-def _engine_flag(raw: str) -> dict[str, Any]:
-    endpoint, sep, rest = raw.partition("=")
-    if not sep:
-        raise ConfigError(f"--engine: {raw!r} is not ENDPOINT=ZMQ[,MODEL[,REPLAY]]")
-    parts = rest.split(",")
-    out: dict[str, Any] = {"endpoint": endpoint, "zmq": parts[0]}
-    if len(parts) > 1 and parts[1]:
-        out["model"] = parts[1]
-    if len(parts) > 2 and parts[2]:
-        out["replay"] = parts[2]
-    return out
-
-
-def build_config(args: argparse.Namespace) -> KVManagerConfig:
-    overrides: dict[str, Any] = {}
-    for flag, key in (
-        ("host", "host"),
-        ("grpc_port", "grpc_port"),
-        ("http_port", "http_port"),
-        ("bind", "ingest.bind"),
-        ("backend", "backend.kind"),
-        ("redis_url", "backend.redis_url"),
-        ("log_level", "log_level"),
-    ):
-        value = getattr(args, flag)
-        if value is not None:
-            overrides[key] = value
-    cfg = load_config(args.config, overrides)
-    if args.engine:
-        extra = [_engine_flag(e) for e in args.engine]
-        data = cfg.model_dump()
-        data["engines"] = data["engines"] + extra
-        from llmd_kvmanager.config import parse_config
-
-        cfg = parse_config(data)
-    return cfg
 
 
 class _Uvicorn(uvicorn.Server):
@@ -110,6 +48,7 @@ class Server:
         self._http_task: asyncio.Task[None] | None = None
         self.grpc_port = 0
         self.http_port = 0
+        self._watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -121,6 +60,7 @@ class Server:
         gc.freeze()
         self.grpc = grpc.aio.server()
         add_to_server(self.grpc, self.manager)
+        HealthServicer(self.manager.health).add_to_server(self.grpc)
         self.grpc_port = self.grpc.add_insecure_port(f"{cfg.host}:{cfg.grpc_port}")
         await self.grpc.start()
         self.http = _Uvicorn(
@@ -140,6 +80,7 @@ class Server:
                 raise RuntimeError("HTTP server exited")
             await asyncio.sleep(0.01)
         self.http_port = self.http.servers[0].sockets[0].getsockname()[1]
+        self._watch = asyncio.create_task(self._watch_backend())
         log.info(
             "started",
             version=__version__,
@@ -151,7 +92,16 @@ class Server:
             models=[m.name for m in cfg.models],
         )
 
+    async def _watch_backend(self, every_s: float = 5.0) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            if not await self.manager.check_backend():
+                log.warning("index backend not answering", backend=self.config.backend.kind)
+
     async def stop(self, grace: float = 5.0) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+        self.manager.health.shutdown()  # NOT_SERVING first, so balancers drain us
         if self.grpc is not None:
             await self.grpc.stop(grace)
         if self.http is not None and self._http_task is not None:
@@ -177,11 +127,18 @@ async def serve(config: KVManagerConfig) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--version" in args:
+        print(f"llmd-kvmanager {__version__}")
+        return 0
     try:
-        config = build_config(args)
-    except ConfigError as exc:
-        print(f"llmd-kvmanager: {exc}", file=sys.stderr)
+        config = load_config(args)
+    except SettingsError as exc:
+        count = len(exc.lines)
+        print(f"llmd-kvmanager: invalid settings ({count} problem{'s' if count != 1 else ''}):",
+              file=sys.stderr)  # fmt: skip
+        for line in exc.lines:
+            print(f"  {line}", file=sys.stderr)
         return 2
     configure_logging("kvmanager", config.log_level, json=config.log_json)
     try:
