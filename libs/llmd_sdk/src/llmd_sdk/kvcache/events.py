@@ -11,7 +11,9 @@ Wire format (vLLM ``vllm/distributed/kv_events.py``):
   sent a positional *array* ``["BlockStored", ...]``. `decode_batch` reads both; `encode_batch`
   writes the current map form.
 - Replay: a ROUTER socket takes ``[b"", start_seq]`` (8 bytes big-endian) and answers
-  ``[b"", seq, payload]`` per buffered batch from ``start_seq`` on, then ``[b"", -1, b""]``.
+  ``[b"", topic, seq, payload]`` per buffered batch from ``start_seq`` on, then
+  ``[b"", b"", -1, b""]``; vLLM releases before the topic frame was added answer
+  ``[b"", seq, payload]`` and ``[b"", -1, b""]``. Subscribers should read both.
 """
 
 from __future__ import annotations
