@@ -161,9 +161,11 @@ async def test_engines_connect_to_a_bound_socket_identity_from_topic(mem: KVBloc
         await sub.stop()
 
 
+@pytest.mark.parametrize("replay_topic", [True, False], ids=["topic-replies", "older-replies"])
 async def test_a_gap_is_filled_from_the_replay_socket(
-    subscriber: KVEventSubscriber, engine: KVEventPublisher, mem: KVBlockIndex
+    subscriber: KVEventSubscriber, engine: KVEventPublisher, mem: KVBlockIndex, replay_topic: bool
 ) -> None:
+    engine.replay_topic = replay_topic
     await connect(subscriber, engine)
     a, b, c = chain(5, 2), chain(6, 2), chain(7, 2)
     engine.publish(batch(stored(a)))

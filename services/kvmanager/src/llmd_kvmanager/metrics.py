@@ -63,7 +63,7 @@ class Metrics:
         )
         self.score_latency = Histogram(
             "kvmanager_score_duration_seconds",
-            "Score request latency, by input kind (tokens, prompt, chat).",
+            "Score request latency, by input kind (token_ids, prompt, chat).",
             ["input"],
             buckets=FAST_LATENCY_BUCKETS,
             registry=r,

@@ -2,9 +2,10 @@
 
 Like vLLM's ``ZmqEventPublisher``: a PUB socket sends ``[topic, seq (8 bytes big-endian), payload]``
 with ``seq`` counting batches from 0; the last `buffer_steps` batches are kept for a ROUTER replay
-socket that answers ``[b"", start_seq]`` with ``[b"", seq, payload]`` for every buffered batch
-from ``start_seq`` on, then ``[b"", -1, b""]``. An endpoint with ``*`` binds, any other connects
-(vLLM's rule), unless `bind` says otherwise.
+socket that answers a request ``[b"", start_seq]`` with ``[b"", topic, seq, payload]`` for every
+buffered batch from ``start_seq`` on, then ``[b"", b"", -1, b""]`` (current vLLM; with
+``replay_topic=False`` the older replies without the topic frame). An endpoint with ``*`` binds,
+any other connects (vLLM's rule), unless `bind` says otherwise.
 
 `publish(..., lose=True)` numbers and buffers a batch without sending it: a message lost in
 transit, which a subscriber sees as a sequence gap that replay can fill.
@@ -32,7 +33,9 @@ class KVEventPublisher:
         hwm: int = 100_000,
         bind: bool | None = None,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        replay_topic: bool = True,
     ) -> None:
+        self.replay_topic = replay_topic
         self._ctx = context or zmq.Context.instance()
         self.topic = topic.encode()
         self.seq = 0
@@ -88,9 +91,11 @@ class KVEventPublisher:
                 start = int.from_bytes(start_raw, "big", signed=True)
                 with self._lock:
                     items = [(s, p) for s, p in self._buffer if s >= start]
+                head = [client, b"", self.topic] if self.replay_topic else [client, b""]
                 for s, p in items:
-                    router.send_multipart((client, b"", encode_seq(s), p))
-                router.send_multipart((client, b"", END_SEQ, b""))
+                    router.send_multipart([*head, encode_seq(s), p])
+                router.send_multipart([*head[:2], b"", END_SEQ, b""] if self.replay_topic
+                                      else [client, b"", END_SEQ, b""])  # fmt: skip
         finally:
             router.close(linger=0)
 

@@ -383,10 +383,15 @@ class KVEventSubscriber:
                 if left <= 0 or not await sock.poll(int(left * 1000)):
                     return None
                 frames = await sock.recv_multipart()
-                if len(frames) != 3:
+                # After the delimiter: [seq, payload] (vLLM before the topic was added to
+                # replies) or [topic, seq, payload] (current vLLM); the end is seq == -1.
+                if len(frames) == 3:
+                    _, seq_raw, payload = frames
+                elif len(frames) == 4:
+                    _, _, seq_raw, payload = frames
+                else:
                     self._malformed("replay_frames")
                     return None
-                _, seq_raw, payload = frames
                 if seq_raw == END_SEQ:
                     break
                 try:
