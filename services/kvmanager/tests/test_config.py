@@ -5,11 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from llmd_sdk.settings import SettingsError
-
 from llmd_kvmanager.config import config_from, load_config
 from llmd_kvmanager.server import main
+from llmd_sdk.settings import SettingsError
 
 
 def test_defaults() -> None:
@@ -58,7 +56,10 @@ def test_yaml_env_and_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         ),
         ({"engines": [{"endpoint": "a:1", "zmq": "x:1"}]}, "engines.0.zmq: 'x:1' is not a ZMQ"),
         ({"backend": {"kind": "etcd"}}, "backend.kind: must be one of"),
-        ({"tier_weights": {"CPU": 2}}, "tier_weights: every weight must be within [0, 1] (CPU has 2.0)"),
+        (
+            {"tier_weights": {"CPU": 2}},
+            "tier_weights: every weight must be within [0, 1] (CPU has 2.0)",
+        ),
         ({"grpc_prot": 1}, "grpc_prot: unknown setting"),
     ],
 )

@@ -345,3 +345,14 @@ async def test_a_slow_engine_does_not_stall_the_others() -> None:
 
 async def _has_blocks(idx: KVBlockIndex, endpoint: str) -> bool:
     return bool(await idx.blocks_of(MODEL, endpoint))
+
+
+async def test_joining_late_catches_up_from_the_replay_buffer(
+    subscriber: KVEventSubscriber, engine: KVEventPublisher, mem: KVBlockIndex
+) -> None:
+    a = chain(30, 3)
+    engine.publish(batch(stored(a)), lose=True)  # before anyone listened
+    await connect(subscriber, engine)  # the first batch seen has seq >= 1
+    await eventually_async(lambda: _eq(held(mem), {Holder(EP): keys(a)}))
+    assert subscriber.counters.joins == 1
+    assert (subscriber.counters.gaps, subscriber.counters.resyncs) == (0, 0)

@@ -108,6 +108,7 @@ class IngestCounters:
     dropped: dict[str, int] = field(default_factory=dict)
     gaps: int = 0
     replays: int = 0
+    joins: int = 0
     resyncs: int = 0
     errors: int = 0
 
@@ -325,6 +326,11 @@ class KVEventSubscriber:
             if seq > 0:
                 status = SeqStatus.GAP
                 applier.state(key).expected = 0
+        if status is SeqStatus.FIRST and seq > 0 and replay:
+            # Joined late (we started after the engine, or its first messages went before the
+            # subscription reached it): catch up from the engine's buffer where it reaches.
+            applier.state(key).expected = 0
+            await self._recover(key, seq, replay, joining=True)
         if status is SeqStatus.GAP:
             if pre:
                 await self.index.apply(pre)
@@ -346,11 +352,26 @@ class KVEventSubscriber:
         await self.index.apply(ops)
         self.observer.batch(key, batch, ops)
 
-    async def _recover(self, key: PublisherKey, seq: int, replay: str | None) -> None:
-        """Fill the gap ``expected..seq-1`` from the replay socket, or resync the engine."""
+    async def _recover(
+        self, key: PublisherKey, seq: int, replay: str | None, joining: bool = False
+    ) -> None:
+        """Fill the gap ``expected..seq-1`` from the replay socket, or resync the engine.
+
+        `joining`: the first batch seen from this publisher; without a full replay there is
+        nothing to resync (the index has none of its entries), so what replay gives is applied.
+        """
         st = self.applier.state(key)
         start = st.expected if st.expected is not None else 0
         missing = seq - start
+        if joining:
+            got = await self._fetch_replay(replay, start, seq, partial=True) if replay else None
+            self.counters.joins += 1
+            for s, payload in got or []:
+                batch = self._decode(payload)
+                self.applier.advance(key, s)
+                if batch is not None:
+                    await self._apply(key, batch, [])
+            return
         self.counters.gaps += 1
         st.gaps += 1
         got = await self._fetch_replay(replay, start, seq) if replay else None
@@ -368,9 +389,12 @@ class KVEventSubscriber:
                 await self._apply(key, batch, [])
 
     async def _fetch_replay(
-        self, address: str, start: int, until: int
+        self, address: str, start: int, until: int, partial: bool = False
     ) -> list[tuple[int, bytes]] | None:
-        """Batches ``start..until-1`` from a vLLM replay ROUTER, or None if incomplete."""
+        """Batches ``start..until-1`` from a vLLM replay ROUTER, or None if incomplete.
+
+        `partial`: return the consecutive batches the engine still has that end at `until`.
+        """
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         try:
@@ -402,6 +426,8 @@ class KVEventSubscriber:
                 if start <= s < until:
                     out.append((s, payload))
             seqs = [s for s, _ in out]
+            if partial and seqs and seqs == list(range(seqs[0], until)):
+                return out
             if seqs != list(range(start, until)):
                 return None
             return out

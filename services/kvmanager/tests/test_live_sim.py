@@ -1,0 +1,176 @@
+"""A live vllm-sim drives kvmanager's index to exactly the sim's cache state.
+
+The sim runs as its own process with a small KV cache (so the workload evicts), publishes its KV
+events to kvmanager's bound socket under the topic ``kv@<endpoint>@<model>``, with a replay
+socket. After a mixed workload (shared prefixes, repeats, concurrent requests, evictions), the
+blocks the index holds for the sim's endpoint must equal the sim's own prefix cache, as its
+simulator-only ``GET /sim/cache`` reports it (GPU and CPU tiers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from llmd_kvmanager.config import config_from
+from llmd_kvmanager.server import Server
+from llmd_sdk.kvcache.hashing import block_key
+from llmd_sdk.kvcache.index import Holder
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        importlib.util.find_spec("llmd_sim.server") is None, reason="llmd-sim not on main yet"
+    ),
+]
+
+MODEL = "llmd-sim"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def kvmanager() -> AsyncIterator[Server]:
+    cfg = config_from(
+        {
+            "host": "127.0.0.1",
+            "grpc_port": 0,
+            "http_port": 0,
+            "ingest": {"bind": "tcp://127.0.0.1:0"},
+            "models": [{"name": MODEL, "builtin_tokenizer": True}],
+        }
+    )
+    srv = Server(cfg)
+    await srv.start()
+    yield srv
+    await srv.stop(grace=1)
+
+
+def _keys(raw: list[Any]) -> set[int]:
+    """/sim/cache lists hex digests (or ints in the int wire form)."""
+    return {block_key(bytes.fromhex(h) if isinstance(h, str) else int(h)) for h in raw}
+
+
+async def test_index_matches_the_sims_cache_after_a_mixed_workload(kvmanager: Server) -> None:
+    port, replay_port = free_port(), free_port()
+    endpoint = f"127.0.0.1:{port}"
+    bound = kvmanager.manager.subscriber.bound_address
+    assert bound is not None
+    kvmanager.manager.config.ingest.replay[endpoint] = f"tcp://127.0.0.1:{replay_port}"
+    kvmanager.manager.subscriber.config.replay_addresses[endpoint] = (
+        f"tcp://127.0.0.1:{replay_port}"
+    )
+    events = {
+        "enable_kv_cache_events": True,
+        "publisher": "zmq",
+        "endpoint": bound,
+        "replay_endpoint": f"tcp://127.0.0.1:{replay_port}",
+        "topic": f"kv@{endpoint}@{MODEL}",
+    }
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "llmd_sim.server", "--model", MODEL, "--host", "127.0.0.1",
+         "--port", str(port), "--block-size", "16", "--num-gpu-blocks-override", "48",
+         "--kv-offloading-size", "0.0001", "--time-scale", "0", "--mode", "echo",
+         "--kv-events-config", json.dumps(events), "--log-level", "warning"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ},
+    )  # fmt: skip
+    try:
+        async with httpx.AsyncClient(base_url=f"http://{endpoint}", timeout=30) as http:
+            deadline = time.monotonic() + 60
+            while True:
+                assert sim.poll() is None, sim.stderr.read().decode() if sim.stderr else ""
+                try:
+                    if (await http.get("/health")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "llmd-sim never became healthy"
+                await asyncio.sleep(0.1)
+
+            rng = random.Random(11)
+            words = [
+                "alpha",
+                "beta",
+                "gamma",
+                "delta",
+                "epsilon",
+                "zeta",
+                "eta",
+                "theta",
+                "iota",
+                "kappa",
+                "lambda",
+                "mu",
+            ]
+            systems = [" ".join(rng.choice(words) for _ in range(120)) for _ in range(3)]
+
+            async def complete(prompt: str) -> None:
+                r = await http.post(
+                    "/v1/completions", json={"model": MODEL, "prompt": prompt, "max_tokens": 8}
+                )
+                assert r.status_code == 200, r.text
+
+            # Shared prefixes, repeats and fresh prompts; some concurrently; more distinct
+            # blocks than the 48-block GPU cache holds, so the sim evicts (and offloads).
+            for round_ in range(6):
+                prompts = [
+                    rng.choice(systems) + " " + " ".join(rng.choice(words) for _ in range(60))
+                    for _ in range(4)
+                ]
+                if round_ % 2:
+                    await asyncio.gather(*(complete(p) for p in prompts))
+                else:
+                    for p in prompts:
+                        await complete(p)
+                await complete(systems[round_ % 3])
+
+            async def states() -> tuple[dict[str, set[int]], dict[str, set[int]]]:
+                cache = (await http.get("/sim/cache")).json()
+                sim_state: dict[str, set[int]] = {"GPU": set(), "CPU": set()}
+                for rank in cache["ranks"]:
+                    sim_state["GPU"] |= _keys(rank["gpu"])
+                    sim_state["CPU"] |= _keys(rank["cpu"])
+                held = await kvmanager.manager.index.blocks_of(MODEL, endpoint)
+                idx_state: dict[str, set[int]] = {"GPU": set(), "CPU": set()}
+                for holder, keys in held.items():
+                    assert isinstance(holder, Holder)
+                    idx_state.setdefault(holder.medium, set()).update(keys)
+                return sim_state, idx_state
+
+            deadline = time.monotonic() + 10
+            while True:
+                sim_state, idx_state = await states()
+                if sim_state == idx_state:
+                    break
+                assert time.monotonic() < deadline, (
+                    f"index != sim: missing {len(sim_state['GPU'] - idx_state['GPU'])} GPU, "
+                    f"extra {len(idx_state['GPU'] - sim_state['GPU'])} GPU blocks"
+                )
+                await asyncio.sleep(0.05)
+            assert sim_state["GPU"], "the workload cached nothing"
+            removed = kvmanager.manager.metrics.blocks.labels("removed")._value.get()
+            assert removed > 0, "the workload evicted nothing: make it bigger"
+    finally:
+        sim.terminate()
+        try:
+            sim.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            sim.kill()
+            sim.wait()
