@@ -15,7 +15,6 @@ import json
 import os
 import random
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -82,20 +81,22 @@ async def test_index_matches_the_sims_cache_after_a_mixed_workload(kvmanager: Se
         "replay_endpoint": f"tcp://127.0.0.1:{replay_port}",
         "topic": f"kv@{endpoint}@{MODEL}",
     }
-    sim = subprocess.Popen(
-        [sys.executable, "-m", "llmd_sim.server", "--model", MODEL, "--host", "127.0.0.1",
+    sim = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "llmd_sim.server", "--model", MODEL, "--host", "127.0.0.1",
          "--port", str(port), "--block-size", "16", "--num-gpu-blocks-override", "48",
          "--kv-offloading-size", "0.0001", "--time-scale", "0", "--mode", "echo",
          "--kv-events-config", json.dumps(events), "--log-level", "warning"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
         env={**os.environ},
     )  # fmt: skip
     try:
         async with httpx.AsyncClient(base_url=f"http://{endpoint}", timeout=30) as http:
             deadline = time.monotonic() + 60
             while True:
-                assert sim.poll() is None, sim.stderr.read().decode() if sim.stderr else ""
+                if sim.returncode is not None:
+                    err = await sim.stderr.read() if sim.stderr else b""
+                    raise AssertionError(f"llmd-sim exited: {err.decode()[-2000:]}")
                 try:
                     if (await http.get("/health")).status_code == 200:
                         break
@@ -168,9 +169,10 @@ async def test_index_matches_the_sims_cache_after_a_mixed_workload(kvmanager: Se
             removed = kvmanager.manager.metrics.blocks.labels("removed")._value.get()
             assert removed > 0, "the workload evicted nothing: make it bigger"
     finally:
-        sim.terminate()
-        try:
-            sim.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            sim.kill()
-            sim.wait()
+        if sim.returncode is None:
+            sim.terminate()
+            try:
+                await asyncio.wait_for(sim.wait(), 10)
+            except TimeoutError:
+                sim.kill()
+                await sim.wait()
