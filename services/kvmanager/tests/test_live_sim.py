@@ -84,7 +84,7 @@ async def test_index_matches_the_sims_cache_after_a_mixed_workload(kvmanager: Se
     sim = await asyncio.create_subprocess_exec(
         *[sys.executable, "-m", "llmd_sim.server", "--model", MODEL, "--host", "127.0.0.1",
          "--port", str(port), "--block-size", "16", "--num-gpu-blocks-override", "48",
-         "--kv-offloading-size", "0.0001", "--time-scale", "0", "--mode", "echo",
+         "--kv-offloading-size", "0.02", "--time-scale", "0", "--mode", "echo",
          "--kv-events-config", json.dumps(events), "--log-level", "warning"],
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
