@@ -166,6 +166,7 @@ async def test_index_matches_the_sims_cache_after_a_mixed_workload(kvmanager: Se
                 )
                 await asyncio.sleep(0.05)
             assert sim_state["GPU"], "the workload cached nothing"
+            assert sim_state["CPU"], "nothing was offloaded to the CPU tier"
             removed = kvmanager.manager.metrics.blocks.labels("removed")._value.get()
             assert removed > 0, "the workload evicted nothing: make it bigger"
     finally:
