@@ -9,16 +9,18 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import grpc
 import httpx
 import pytest
 from llmd_kvmanager.config import config_from
+from llmd_kvmanager.manager import KVManager
 from llmd_kvmanager.server import Server
 from llmd_sdk.contracts import kvindex, kvindex_grpc
 from llmd_sdk.kvcache.events import BlockStored, KVEventBatch
 from llmd_sdk.kvcache.hashing import BlockHasher
+from llmd_sdk.kvcache.index import HolderSet, InMemoryIndex
 from llmd_sdk.kvcache.publisher import KVEventPublisher
 
 pytestmark = pytest.mark.integration
@@ -241,3 +243,27 @@ def test_console_script_serves_and_stops_on_sigterm() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+class _DownIndex(InMemoryIndex):
+    async def lookup(self, model: str, keys: Sequence[int]) -> list[HolderSet]:
+        raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+
+async def test_a_failing_backend_answers_unavailable_in_one_line() -> None:
+    cfg = config_from({"host": "127.0.0.1", "grpc_port": 0, "http_port": 0})
+    srv = Server(cfg, KVManager(cfg, index=_DownIndex()))
+    await srv.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.grpc_port}") as ch:
+            stub = kvindex_grpc.KVIndexStub(ch)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.Score(
+                    kvindex.ScoreRequest(model="m", token_ids=kvindex.TokenIds(ids=list(range(32))))
+                )
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert err.value.details() == (
+                "index backend: Error 111 connecting to 127.0.0.1:6379. Connection refused."
+            )
+    finally:
+        await srv.stop(grace=1)

@@ -356,3 +356,40 @@ async def test_joining_late_catches_up_from_the_replay_buffer(
     await eventually_async(lambda: _eq(held(mem), {Holder(EP): keys(a)}))
     assert subscriber.counters.joins == 1
     assert (subscriber.counters.gaps, subscriber.counters.resyncs) == (0, 0)
+
+
+class _FailOnce(InMemoryIndex):
+    """The backend fails one write (a Redis hiccup)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_next = False
+
+    async def apply(self, ops: Sequence[IndexOp]) -> None:
+        if self.fail_next and ops:
+            self.fail_next = False
+            self.apply_sync(ops[:1])  # half applied, then the error
+            raise ConnectionError("backend went away")
+        self.apply_sync(ops)
+
+
+async def test_a_failed_write_resyncs_the_engine_on_its_next_batch() -> None:
+    idx = _FailOnce()
+    sub = KVEventSubscriber(idx)
+    pub = KVEventPublisher("tcp://127.0.0.1:0", topic="t", bind=True)
+    try:
+        await sub.add_engine(EngineSource(EP, pub.endpoint, MODEL))
+        await handshake(pub, sub)
+        a, b, c = chain(40, 2), chain(41, 2), chain(42, 2)
+        pub.publish(batch(stored(a)))
+        await eventually_async(lambda: _eq(idx.blocks_of(MODEL, EP), {Holder(EP): keys(a)}))
+        idx.fail_next = True
+        pub.publish(batch(stored(b), BlockRemoved(a, "GPU")))  # only its first op lands
+        await eventually(lambda: sub.counters.errors == 1)
+        pub.publish(batch(stored(c)))
+        # The engine's state is unknown after the failure: dropped, rebuilt from what follows.
+        await eventually_async(lambda: _eq(idx.blocks_of(MODEL, EP), {Holder(EP): keys(c)}))
+        assert sub.counters.resyncs == 1
+    finally:
+        pub.close()
+        await sub.stop()

@@ -35,35 +35,37 @@ class KVIndexService(kvindex_grpc.KVIndexServicer):
         candidates = list(request.candidate_endpoints) or None
         lora = request.lora_name or None
         salt = request.cache_salt or None
+        if which not in ("token_ids", "prompt", "chat"):
+            await self._refuse(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "input: give one of token_ids, prompt or chat",
+            )
+        result: ScoreResult | None = None
+        refusal: tuple[grpc.StatusCode, str] | None = None
         try:
-            result: ScoreResult
             if which == "token_ids":
                 result = await idx.score_tokens(
                     model, request.token_ids.ids, candidates, lora, salt
                 )
             elif which == "prompt":
                 result = await idx.score_prompt(model, request.prompt, candidates, lora, salt)
-            elif which == "chat":
+            else:
                 messages = [{"role": m.role, "content": m.content} for m in request.chat.messages]
                 result = await idx.score_chat(model, messages, candidates, lora, salt)
-            else:
-                await self._refuse(
-                    context,
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    "input: give one of token_ids, prompt or chat",
-                )
-                raise AssertionError  # abort raised
         except UnknownModelError as exc:
-            await self._refuse(context, grpc.StatusCode.NOT_FOUND, str(exc))
-            raise
+            refusal = (grpc.StatusCode.NOT_FOUND, str(exc))
         except LookupError as exc:  # no tokenizer for this model
-            await self._refuse(
-                context, grpc.StatusCode.FAILED_PRECONDITION, f"model {model}: {exc}"
-            )
-            raise
+            refusal = (grpc.StatusCode.FAILED_PRECONDITION, f"model {model}: {exc}")
         except ValueError as exc:  # a chat template that fails, an unknown LoRA, ...
-            await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc).splitlines()[0])
-            raise
+            refusal = (grpc.StatusCode.INVALID_ARGUMENT, _first_line(exc))
+        except Exception as exc:  # the index backend (Redis) failing
+            log.warning("score failed", model=model, error=_first_line(exc))
+            refusal = (grpc.StatusCode.UNAVAILABLE, f"index backend: {_first_line(exc)}")
+        if refusal is not None or result is None:
+            code, msg = refusal or (grpc.StatusCode.INTERNAL, "no result")
+            await self._refuse(context, code, msg)
+            raise AssertionError("unreachable: abort raises")
         self.m.metrics.score_latency.labels(which).observe(time.perf_counter() - t0)
         return kvindex.ScoreResponse(
             scores=[
@@ -102,6 +104,11 @@ class KVIndexService(kvindex_grpc.KVIndexServicer):
                 for e in engines
             ],
         )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _events(m: KVManager) -> int:

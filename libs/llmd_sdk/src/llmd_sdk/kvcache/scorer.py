@@ -85,7 +85,7 @@ class PrefixScorer:
         """(endpoint, rank) -> its best medium in one holder set (cached per set)."""
         cache = self._best_cache
         try:
-            hit = cache.get(hs)  # type: ignore[call-overload]
+            hit = cache.get(hs)
         except TypeError:  # an unhashable collection from a custom backend
             hit = None
         if hit is not None:
@@ -144,13 +144,13 @@ class PrefixScorer:
                     acc = alive.get(pair)
                     if acc is None:
                         continue
-                    medium = best.get(pair)
-                    if medium is None:
+                    now = best.get(pair)
+                    if now is None:
                         close(acc, pos)
                         done[pair] = alive.pop(pair)
-                    elif medium != acc.medium:
+                    elif now != acc.medium:
                         close(acc, pos)
-                        acc.medium = medium
+                        acc.medium = now
                 if not alive:
                     break
             prev = hs

@@ -30,6 +30,9 @@ from llmd_sdk.kvcache.applier import EventApplier, PublisherKey, SeqStatus
 from llmd_sdk.kvcache.events import END_SEQ, KVEventBatch, decode_batch, decode_seq, encode_seq
 from llmd_sdk.kvcache.index.base import IndexOp, KVBlockIndex
 from llmd_sdk.kvcache.topics import DEFAULT_TOPIC_PATTERN, TopicPattern
+from llmd_sdk.telemetry import get_logger
+
+_log = get_logger("llmd_sdk.kvcache.subscriber")
 
 _DRAIN_MAX = 512
 
@@ -140,6 +143,7 @@ class KVEventSubscriber:
         self._tasks: list[asyncio.Task[None]] = []
         self._engines: dict[str, tuple[EngineSource, zmq.asyncio.Socket, asyncio.Task[None]]] = {}
         self._departed: set[str] = set()
+        self._dirty: set[PublisherKey] = set()
         self._bound: zmq.asyncio.Socket | None = None
         self._started = False
         self.bound_address: str | None = None
@@ -302,8 +306,12 @@ class KVEventSubscriber:
                 continue
             try:
                 await self._handle(key, seq, payload, replay)
-            except Exception:  # a backend error must not kill the shard
+            except Exception as exc:  # a backend error must not kill the shard
+                # The batch may be half applied: resync this engine on its next batch.
                 self.counters.errors += 1
+                self._dirty.add(key)
+                _log.warning("kv batch failed", endpoint=key.endpoint, model=key.model,
+                             seq=seq, error=str(exc).splitlines()[0] if str(exc) else repr(exc))  # fmt: skip
 
     def _decode(self, payload: bytes) -> KVEventBatch | None:
         try:
@@ -318,6 +326,11 @@ class KVEventSubscriber:
         applier = self.applier
         status = applier.observe(key, seq)
         pre: list[IndexOp] = []
+        if key in self._dirty:
+            self._dirty.discard(key)
+            pre = applier.resync_ops(key)
+            self.counters.resyncs += 1
+            self.observer.resync(key, "error")
         if status is SeqStatus.RESTART:
             pre = applier.restart_ops(key)
             self.counters.resyncs += 1
