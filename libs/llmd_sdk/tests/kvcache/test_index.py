@@ -112,6 +112,8 @@ async def test_blocks_of_reports_per_holder(index: KVBlockIndex) -> None:
     await index.apply([StoreBlocks(M, A_GPU, [1, big]), StoreBlocks(M, A_CPU, [3])])
     await index.apply([RemoveBlocks(M, A_GPU, [1])])
     assert await index.blocks_of(M, A_GPU.endpoint) == {A_GPU: {big}, A_CPU: {3}}
+    assert await index.counts_of(M, A_GPU.endpoint) == {A_GPU: 1, A_CPU: 1}
+    assert await index.counts_of(M, "nobody:1") == {}
 
 
 async def test_equal_consecutive_holder_sets_compare_equal(index: KVBlockIndex) -> None:

@@ -172,12 +172,12 @@ class KVManager:
         ):
             if model and key.model != model:
                 continue
-            held = await self.index.blocks_of(key.model, key.endpoint)
+            counts = await self.index.counts_of(key.model, key.endpoint)
             out.append(
                 EngineInfo(
                     endpoint=key.endpoint,
                     model=key.model,
-                    blocks=len(set().union(*held.values())) if held else 0,
+                    blocks=sum(counts.values()),
                     last_sequence=max(st.last_seq, 0),
                     events=sum(v for k, v in st.events.items() if k != "skipped_group"),
                     resyncs=st.resyncs + st.restarts,

@@ -100,6 +100,10 @@ class KVBlockIndex(abc.ABC):
     async def blocks_of(self, model: str, endpoint: str) -> dict[Holder, set[int]]:
         """Every block key `endpoint` holds for `model`, per holder (medium and rank)."""
 
+    async def counts_of(self, model: str, endpoint: str) -> dict[Holder, int]:
+        """How many blocks `endpoint` holds for `model`, per holder (cheap: no key lists)."""
+        return {h: len(keys) for h, keys in (await self.blocks_of(model, endpoint)).items()}
+
     @abc.abstractmethod
     async def stats(self) -> IndexStats:
         """Current size."""

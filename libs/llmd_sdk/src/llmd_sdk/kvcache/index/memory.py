@@ -204,6 +204,13 @@ class InMemoryIndex(KVBlockIndex):
             if m == model and h.endpoint == endpoint and keys
         }
 
+    def counts_of_sync(self, model: str, endpoint: str) -> dict[Holder, int]:
+        return {
+            h: len(keys)
+            for (m, h), keys in self._rev.items()
+            if m == model and h.endpoint == endpoint and keys
+        }
+
     def stats_sync(self) -> IndexStats:
         return IndexStats(keys=len(self._blocks), entries=self._entries, evictions=self._evictions)
 
@@ -220,6 +227,9 @@ class InMemoryIndex(KVBlockIndex):
 
     async def blocks_of(self, model: str, endpoint: str) -> dict[Holder, set[int]]:
         return self.blocks_of_sync(model, endpoint)
+
+    async def counts_of(self, model: str, endpoint: str) -> dict[Holder, int]:
+        return self.counts_of_sync(model, endpoint)
 
     async def stats(self) -> IndexStats:
         return self.stats_sync()

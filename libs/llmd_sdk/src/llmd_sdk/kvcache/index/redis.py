@@ -251,6 +251,19 @@ class RedisIndex(KVBlockIndex):
                 out[holder] = {int(m, 16) for m in members}
         return out
 
+    async def counts_of(self, model: str, endpoint: str) -> dict[Holder, int]:
+        tag = self._tag(model)
+        holders = [
+            h
+            for h in (self._holder(raw) for raw in await self._r.smembers(f"{tag}:holders"))
+            if h.endpoint == endpoint
+        ]
+        pipe = self._r.pipeline(transaction=False)
+        for h in holders:
+            pipe.scard(f"{tag}:r:{holder_to_wire(h)}")
+        counts = await pipe.execute() if holders else []
+        return {h: int(n) for h, n in zip(holders, counts, strict=True) if n}
+
     async def stats(self) -> IndexStats:
         keys = entries = 0
         for m in await self._models():
