@@ -393,3 +393,60 @@ async def test_a_failed_write_resyncs_the_engine_on_its_next_batch() -> None:
     finally:
         pub.close()
         await sub.stop()
+
+
+def _two_free_ports() -> int:
+    """A port p with p + 1 free as well (data-parallel rank 1 replays on base + 1)."""
+    import socket
+
+    for _ in range(100):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            p = int(a.getsockname()[1])
+            with socket.socket() as b:
+                try:
+                    b.bind(("127.0.0.1", p + 1))
+                except OSError:
+                    continue
+                return p
+    raise RuntimeError("no two consecutive free ports")
+
+
+async def test_data_parallel_ranks_keep_their_own_sequences(mem: KVBlockIndex) -> None:
+    replay_base = _two_free_ports()
+    sub = KVEventSubscriber(
+        mem,
+        SubscriberConfig(
+            bind="tcp://127.0.0.1:0",
+            replay_addresses={EP: f"tcp://127.0.0.1:{replay_base}"},
+            replay_timeout_s=1.0,
+        ),
+    )
+    await sub.start()
+    assert sub.bound_address is not None
+    topic = f"kv@{EP}@{MODEL}"
+    ranks = [
+        KVEventPublisher(
+            sub.bound_address, f"tcp://127.0.0.1:{replay_base + r}", topic=topic, bind=False
+        )
+        for r in (0, 1)
+    ]
+    try:
+        for r, p in enumerate(ranks):  # both count 0, 1, 2, ... on the same topic
+            before = sub.counters.batches
+            while sub.counters.batches == before:
+                p.publish(batch(rank=r))
+                await asyncio.sleep(0.02)
+        a, b, c = chain(50, 2), chain(51, 2), chain(52, 2)
+        ranks[0].publish(batch(stored(a), rank=0))
+        ranks[1].publish(batch(stored(b), rank=1), lose=True)  # rank 1 loses one
+        ranks[1].publish(batch(stored(c), rank=1))
+        ranks[0].publish(batch(rank=0))
+        want = {Holder(EP, "GPU", 0): keys(a), Holder(EP, "GPU", 1): keys(b) | keys(c)}
+        await eventually_async(lambda: _eq(held(mem), want))
+        assert (sub.counters.gaps, sub.counters.replays, sub.counters.resyncs) == (1, 1, 0)
+        assert {k.rank for k in sub.applier.publishers} == {0, 1}
+    finally:
+        for p in ranks:
+            p.close()
+        await sub.stop()

@@ -141,9 +141,9 @@ class KVManagerConfig(ServiceSettings):
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError("models: a model is listed twice")
-        eps = [e.endpoint for e in self.engines]
-        if len(set(eps)) != len(eps):
-            raise ValueError("engines: an endpoint is listed twice")
+        socks = [e.zmq for e in self.engines]
+        if len(set(socks)) != len(socks):
+            raise ValueError("engines: a zmq address is listed twice")
         return self
 
     def model(self, name: str) -> ModelConfig | None:

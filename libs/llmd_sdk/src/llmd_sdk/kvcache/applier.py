@@ -43,10 +43,16 @@ class SeqStatus(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class PublisherKey:
-    """Who publishes: the engine's endpoint ("ip:port") and the model its events are about."""
+    """Who publishes: the engine's endpoint ("ip:port"), the model its events are about, and its
+    data-parallel rank (each rank of a vLLM data-parallel engine publishes its own sequence)."""
 
     endpoint: str
     model: str
+    rank: int = NO_RANK
+
+    def clear(self) -> ClearEndpoint:
+        """The operation dropping everything this publisher put in the index."""
+        return ClearEndpoint(self.endpoint, self.model, None if self.rank == NO_RANK else self.rank)
 
 
 @dataclass(slots=True)
@@ -108,11 +114,11 @@ class EventApplier:
     def resync_ops(self, key: PublisherKey) -> list[IndexOp]:
         """Drop everything the index has for this publisher (counted as a resync)."""
         self.state(key).resyncs += 1
-        return [ClearEndpoint(key.endpoint, key.model)]
+        return [key.clear()]
 
     def restart_ops(self, key: PublisherKey) -> list[IndexOp]:
         self.state(key).restarts += 1
-        return [ClearEndpoint(key.endpoint, key.model)]
+        return [key.clear()]
 
     def _holder(self, endpoint: str, medium: str | None, rank: int) -> Holder:
         m = MEDIUM_GPU if medium is None else medium.upper()

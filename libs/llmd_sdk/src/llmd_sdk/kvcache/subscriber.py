@@ -116,7 +116,19 @@ class IngestCounters:
     errors: int = 0
 
 
-_Item = tuple[PublisherKey, int, bytes, str | None]
+# (endpoint, model), seq, payload, replay address, whether that address is rank 0's (bind mode:
+# rank r replays on port + r) or already the publisher's own (a configured engine socket).
+_Item = tuple[PublisherKey, int, bytes, str | None, bool]
+
+
+def offset_port(address: str | None, rank: int) -> str | None:
+    """vLLM's per-rank address: data-parallel rank r publishes (and replays) on port + r."""
+    if not address or rank <= 0:
+        return address
+    base, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        return address
+    return f"{base}:{int(port) + rank}"
 
 
 class KVEventSubscriber:
@@ -141,9 +153,12 @@ class KVEventSubscriber:
         self._ctx = context or zmq.asyncio.Context.instance()
         self._queues: list[asyncio.Queue[_Item]] = []
         self._tasks: list[asyncio.Task[None]] = []
+        # By ZMQ address: a data-parallel engine has one publisher per rank (port + rank).
         self._engines: dict[str, tuple[EngineSource, zmq.asyncio.Socket, asyncio.Task[None]]] = {}
         self._departed: set[str] = set()
         self._dirty: set[PublisherKey] = set()
+        # (endpoint, model) -> the publishers (one per data-parallel rank) seen under it.
+        self._ranks: dict[PublisherKey, set[PublisherKey]] = {}
         self._bound: zmq.asyncio.Socket | None = None
         self._started = False
         self.bound_address: str | None = None
@@ -195,18 +210,31 @@ class KVEventSubscriber:
         return [src for src, _, _ in self._engines.values()]
 
     async def add_engine(self, source: EngineSource) -> None:
-        """Subscribe to an engine that binds its publisher (replaces a previous entry)."""
+        """Subscribe to a publisher that binds (replaces one on the same address).
+
+        A data-parallel engine publishes from every rank on its own port: add one source per
+        rank, with the same endpoint.
+        """
         if not self._started:
             await self.start()
-        if source.endpoint in self._engines:
-            await self.remove_engine(source.endpoint, purge=False)
+        old = self._engines.pop(source.address, None)
+        if old is not None:
+            await self._close(old)
         self._departed.discard(source.endpoint)
         # The socket is this engine's alone: take every topic unless told otherwise (vLLM's
         # default topic is empty).
         sock = self._sub_socket(source.topic or "")
         sock.connect(source.address)
         task = asyncio.create_task(self._receive(sock, source), name=f"kv-{source.endpoint}")
-        self._engines[source.endpoint] = (source, sock, task)
+        self._engines[source.address] = (source, sock, task)
+
+    @staticmethod
+    async def _close(entry: tuple[EngineSource, zmq.asyncio.Socket, asyncio.Task[None]]) -> None:
+        _, sock, task = entry
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        sock.close(linger=0)
 
     def admit(self, endpoint: str) -> None:
         """Accept a bind-mode publisher again after `remove_engine`."""
@@ -214,17 +242,14 @@ class KVEventSubscriber:
 
     async def remove_engine(self, endpoint: str, purge: bool = True) -> None:
         """The engine left the pool: stop listening and (by default) purge its entries."""
-        entry = self._engines.pop(endpoint, None)
-        if entry is not None:
-            _, sock, task = entry
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-            sock.close(linger=0)
+        for address in [a for a, (src, _, _) in self._engines.items() if src.endpoint == endpoint]:
+            await self._close(self._engines.pop(address))
         if purge:
             self._departed.add(endpoint)
             for key in [k for k in self.applier.publishers if k.endpoint == endpoint]:
                 self.applier.forget(key)
+            for base in [b for b in self._ranks if b.endpoint == endpoint]:
+                del self._ranks[base]
             await self.index.clear_endpoint(endpoint)
 
     def _accepts(self, endpoint: str, source: EngineSource | None) -> bool:
@@ -232,7 +257,9 @@ class KVEventSubscriber:
             return True
         if endpoint in self._departed:
             return False
-        return self.config.open_pool or endpoint in self._engines
+        return self.config.open_pool or any(
+            src.endpoint == endpoint for src, _, _ in self._engines.values()
+        )
 
     # -- receiving ------------------------------------------------------------------------------
 
@@ -278,12 +305,13 @@ class KVEventSubscriber:
             self._drop("not_in_pool")
             return
         key = PublisherKey(endpoint, model)
-        replay = source.replay_address if source is not None else None
-        if replay is None:
-            replay = self.config.replay_addresses.get(endpoint)
+        if source is not None:
+            replay, per_rank = source.replay_address, False
+        else:
+            replay, per_rank = self.config.replay_addresses.get(endpoint), True
         q = self._queues[hash(key) % len(self._queues)]
         try:
-            q.put_nowait((key, seq, payload, replay))
+            q.put_nowait((key, seq, payload, replay, per_rank))
         except asyncio.QueueFull:
             self._drop("queue_full")
 
@@ -301,11 +329,21 @@ class KVEventSubscriber:
 
     async def _worker(self, q: asyncio.Queue[_Item]) -> None:
         while True:
-            key, seq, payload, replay = await q.get()
-            if key.endpoint in self._departed:
+            base, seq, payload, replay, per_rank = await q.get()
+            if base.endpoint in self._departed:
                 continue
+            key = base
             try:
-                await self._handle(key, seq, payload, replay)
+                batch = self._decode(payload)
+                if batch is None:
+                    self._skip_malformed(base, seq)
+                    continue
+                if batch.data_parallel_rank is not None:
+                    key = PublisherKey(base.endpoint, base.model, batch.data_parallel_rank)
+                    if per_rank:
+                        replay = offset_port(replay, batch.data_parallel_rank)
+                self._ranks.setdefault(base, set()).add(key)
+                await self._handle(key, seq, batch, replay)
             except Exception as exc:  # a backend error must not kill the shard
                 # The batch may be half applied: resync this engine on its next batch.
                 self.counters.errors += 1
@@ -320,8 +358,17 @@ class KVEventSubscriber:
             self._malformed("payload")
             return None
 
+    def _skip_malformed(self, base: PublisherKey, seq: int) -> None:
+        """An undecodable payload still used up a sequence number: step over it when the
+        publisher has one known rank (the usual case), so that it does not look like a gap."""
+        keys = self._ranks.get(base)
+        if keys is not None and len(keys) == 1:
+            (key,) = keys
+            if self.applier.observe(key, seq) is SeqStatus.IN_ORDER:
+                self.applier.advance(key, seq)
+
     async def _handle(
-        self, key: PublisherKey, seq: int, payload: bytes, replay: str | None
+        self, key: PublisherKey, seq: int, batch: KVEventBatch, replay: str | None
     ) -> None:
         applier = self.applier
         status = applier.observe(key, seq)
@@ -349,12 +396,7 @@ class KVEventSubscriber:
                 await self.index.apply(pre)
                 pre = []
             await self._recover(key, seq, replay)
-        batch = self._decode(payload)
         applier.advance(key, seq)
-        if batch is None:
-            if pre:
-                await self.index.apply(pre)
-            return
         await self._apply(key, batch, pre)
 
     async def _apply(self, key: PublisherKey, batch: KVEventBatch, pre: list[IndexOp]) -> None:
