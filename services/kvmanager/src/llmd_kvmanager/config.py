@@ -96,6 +96,13 @@ class IngestConfig(_Strict):
     open_pool: bool = True
 
 
+class PoolConfig(_Strict):
+    # modelservice's API (e.g. http://127.0.0.1:8090): follow its endpoint watch for membership.
+    modelservice_url: str | None = None
+    # Only this ModelService's endpoints (its name), or all.
+    model: str | None = None
+
+
 class BackendConfig(_Strict):
     kind: Literal["memory", "redis"] = "memory"
     capacity: int = Field(
@@ -122,6 +129,8 @@ class KVManagerConfig(ServiceSettings):
     ingest: IngestConfig = Field(default_factory=lambda: IngestConfig())
     engines: list[EngineConfig] = Field(default_factory=list)
     """Engines whose publishers bind; we connect to each."""
+    pool: PoolConfig = Field(default_factory=lambda: PoolConfig())
+    """Pool membership from modelservice's watch (in addition to `engines`)."""
     models: list[ModelConfig] = Field(default_factory=list)
     accept_unknown_models: bool = True
     """Score models not listed, from token ids, with vLLM's default hashing."""

@@ -25,6 +25,7 @@ from llmd_kvmanager.config import KVManagerConfig, load_config
 from llmd_kvmanager.grpc_api import add_to_server
 from llmd_kvmanager.http_api import create_app
 from llmd_kvmanager.manager import KVManager
+from llmd_kvmanager.pool_watch import PoolWatcher
 
 log = get_logger("llmd_kvmanager")
 
@@ -49,6 +50,7 @@ class Server:
         self.grpc_port = 0
         self.http_port = 0
         self._watch: asyncio.Task[None] | None = None
+        self.pool: PoolWatcher | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -81,6 +83,9 @@ class Server:
             await asyncio.sleep(0.01)
         self.http_port = self.http.servers[0].sockets[0].getsockname()[1]
         self._watch = asyncio.create_task(self._watch_backend())
+        if cfg.pool.modelservice_url:
+            self.pool = PoolWatcher(self.manager, cfg.pool.modelservice_url, cfg.pool.model)
+            self.pool.start()
         log.info(
             "started",
             version=__version__,
@@ -101,6 +106,8 @@ class Server:
     async def stop(self, grace: float = 5.0) -> None:
         if self._watch is not None:
             self._watch.cancel()
+        if self.pool is not None:
+            await self.pool.stop()
         self.manager.health.shutdown()  # NOT_SERVING first, so balancers drain us
         if self.grpc is not None:
             await self.grpc.stop(grace)
