@@ -18,7 +18,7 @@ from array import array
 from collections.abc import Mapping, Sequence
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
-from llmd_sdk.kvcache.hashing import BlockHasher, block_key
+from llmd_sdk.kvcache.hashing import BlockHasher, block_key, block_keys
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -126,11 +126,12 @@ class BlockKeyCache:
                 start_block=start,
             )
             self.blocks_hashed += len(digests)
-            for j, d in enumerate(digests):
-                k = block_key(d)
-                self.cache.put((parent, buf[(start + j) * width : (start + j + 1) * width]), (d, k))
-                out.append(k)
+            new_keys = block_keys(digests)
+            put = self.cache.put
+            for j, (d, k) in enumerate(zip(digests, new_keys, strict=True)):
+                put((parent, buf[(start + j) * width : (start + j + 1) * width]), (d, k))
                 parent = d
+            out.extend(new_keys)
         return out
 
 
