@@ -24,7 +24,7 @@ import httpx
 import pytest
 from llmd_kvmanager.config import config_from
 from llmd_kvmanager.server import Server
-from llmd_sdk.kvcache.hashing import block_key
+from llmd_sdk.kvcache.hashing import BlockHasher, block_key
 from llmd_sdk.kvcache.index import Holder
 
 pytestmark = [
@@ -169,6 +169,22 @@ async def test_index_matches_the_sims_cache_after_a_mixed_workload(kvmanager: Se
             assert sim_state["CPU"], "nothing was offloaded to the CPU tier"
             removed = kvmanager.manager.metrics.blocks.labels("removed")._value.get()
             assert removed > 0, "the workload evicted nothing: make it bigger"
+
+            # Scoring a prompt end to end (kvmanager's tokenizer and hashing) finds exactly the
+            # leading blocks the sim has cached for it (the sim's own tokenization and hashes).
+            prompt = systems[2]  # the last request: its prefix is cached
+            r = await http.post("/tokenize", json={"model": MODEL, "prompt": prompt})
+            ids = r.json()["tokens"]
+            cached = sim_state["GPU"] | sim_state["CPU"]
+            leading = 0
+            for d in BlockHasher(block_size=16).hash_tokens(ids):
+                if block_key(d) not in cached:
+                    break
+                leading += 1
+            assert leading > 0
+            res = await kvmanager.manager.indexer.score_prompt(MODEL, prompt, [endpoint])
+            assert res.prompt_tokens == len(ids)
+            assert res.scores[0].matched_blocks == leading
     finally:
         if sim.returncode is None:
             sim.terminate()
