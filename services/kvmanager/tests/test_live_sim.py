@@ -43,14 +43,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def consecutive_free_ports() -> int:
+    """p with p + 1 free too: data-parallel rank r uses the configured port + r."""
+    for _ in range(100):
+        p = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p + 1))
+            except OSError:
+                continue
+        return p
+    raise RuntimeError("no two consecutive free ports")
+
+
 @pytest.fixture
-async def kvmanager() -> AsyncIterator[Server]:
+async def kvmanager(request: pytest.FixtureRequest) -> AsyncIterator[Server]:
+    dp = int(getattr(request, "param", 1))
+    bind_port = consecutive_free_ports()
     cfg = config_from(
         {
             "host": "127.0.0.1",
             "grpc_port": 0,
             "http_port": 0,
-            "ingest": {"bind": "tcp://127.0.0.1:0"},
+            "ingest": {"bind": f"tcp://127.0.0.1:{bind_port}", "bind_ranks": dp},
             "models": [{"name": MODEL, "builtin_tokenizer": True}],
         }
     )
@@ -65,8 +80,10 @@ def _keys(raw: list[Any]) -> set[int]:
     return {block_key(bytes.fromhex(h) if isinstance(h, str) else int(h)) for h in raw}
 
 
+@pytest.mark.parametrize("kvmanager", [1, 2], indirect=True, ids=["dp1", "dp2"])
 async def test_index_matches_the_sims_cache_after_a_mixed_workload(kvmanager: Server) -> None:
-    port, replay_port = free_port(), free_port()
+    dp = kvmanager.config.ingest.bind_ranks
+    port, replay_port = free_port(), consecutive_free_ports()
     endpoint = f"127.0.0.1:{port}"
     bound = kvmanager.manager.subscriber.bound_address
     assert bound is not None
@@ -85,7 +102,8 @@ async def test_index_matches_the_sims_cache_after_a_mixed_workload(kvmanager: Se
         *[sys.executable, "-m", "llmd_sim.server", "--model", MODEL, "--host", "127.0.0.1",
          "--port", str(port), "--block-size", "16", "--num-gpu-blocks-override", "48",
          "--kv-offloading-size", "0.02", "--time-scale", "0", "--mode", "echo",
-         "--kv-events-config", json.dumps(events), "--log-level", "warning"],
+         "--kv-events-config", json.dumps(events), "--log-level", "warning",
+         "--data-parallel-size", str(dp)],
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ},
@@ -142,17 +160,21 @@ async def test_index_matches_the_sims_cache_after_a_mixed_workload(kvmanager: Se
                         await complete(p)
                 await complete(systems[round_ % 3])
 
-            async def states() -> tuple[dict[str, set[int]], dict[str, set[int]]]:
+            async def states() -> tuple[
+                dict[tuple[str, int], set[int]], dict[tuple[str, int], set[int]]
+            ]:
+                """(medium, rank) -> blocks, as the sim reports it and as the index holds it."""
                 cache = (await http.get("/sim/cache")).json()
-                sim_state: dict[str, set[int]] = {"GPU": set(), "CPU": set()}
+                sim_state: dict[tuple[str, int], set[int]] = {}
                 for rank in cache["ranks"]:
-                    sim_state["GPU"] |= _keys(rank["gpu"])
-                    sim_state["CPU"] |= _keys(rank["cpu"])
+                    sim_state[("GPU", rank["rank"])] = _keys(rank["gpu"])
+                    sim_state[("CPU", rank["rank"])] = _keys(rank["cpu"])
                 held = await kvmanager.manager.index.blocks_of(MODEL, endpoint)
-                idx_state: dict[str, set[int]] = {"GPU": set(), "CPU": set()}
+                idx_state = {k: set() for k in sim_state}
                 for holder, keys in held.items():
                     assert isinstance(holder, Holder)
-                    idx_state.setdefault(holder.medium, set()).update(keys)
+                    # without data parallelism the engine sends no rank: it is rank 0
+                    idx_state.setdefault((holder.medium, max(holder.rank, 0)), set()).update(keys)
                 return sim_state, idx_state
 
             deadline = time.monotonic() + 10
@@ -160,13 +182,14 @@ async def test_index_matches_the_sims_cache_after_a_mixed_workload(kvmanager: Se
                 sim_state, idx_state = await states()
                 if sim_state == idx_state:
                     break
-                assert time.monotonic() < deadline, (
-                    f"index != sim: missing {len(sim_state['GPU'] - idx_state['GPU'])} GPU, "
-                    f"extra {len(idx_state['GPU'] - sim_state['GPU'])} GPU blocks"
-                )
+                assert time.monotonic() < deadline, {
+                    k: (len(v - idx_state.get(k, set())), len(idx_state.get(k, set()) - v))
+                    for k, v in sim_state.items()
+                }  # (missing, extra) per (medium, rank)
                 await asyncio.sleep(0.05)
-            assert sim_state["GPU"], "the workload cached nothing"
-            assert sim_state["CPU"], "nothing was offloaded to the CPU tier"
+            for r in range(dp):
+                assert sim_state[("GPU", r)], f"rank {r} cached nothing"
+            assert any(sim_state[("CPU", r)] for r in range(dp)), "nothing offloaded to CPU"
             removed = kvmanager.manager.metrics.blocks.labels("removed")._value.get()
             assert removed > 0, "the workload evicted nothing: make it bigger"
 
@@ -175,16 +198,22 @@ async def test_index_matches_the_sims_cache_after_a_mixed_workload(kvmanager: Se
             prompt = systems[2]  # the last request: its prefix is cached
             r = await http.post("/tokenize", json={"model": MODEL, "prompt": prompt})
             ids = r.json()["tokens"]
-            cached = sim_state["GPU"] | sim_state["CPU"]
-            leading = 0
-            for d in BlockHasher(block_size=16).hash_tokens(ids):
-                if block_key(d) not in cached:
-                    break
-                leading += 1
+            prompt_keys = [block_key(d) for d in BlockHasher(block_size=16).hash_tokens(ids)]
+            # A prefix is reusable only from one rank: the longest, the lowest rank on a tie.
+            best = (0, 0)
+            for r in range(dp):
+                cached = sim_state[("GPU", r)] | sim_state[("CPU", r)]
+                n = 0
+                while n < len(prompt_keys) and prompt_keys[n] in cached:
+                    n += 1
+                best = max(best, (n, -r))
+            leading = best[0]
             assert leading > 0
             res = await kvmanager.manager.indexer.score_prompt(MODEL, prompt, [endpoint])
             assert res.prompt_tokens == len(ids)
             assert res.scores[0].matched_blocks == leading
+            if dp > 1:
+                assert res.scores[0].data_parallel_rank == -best[1]
     finally:
         if sim.returncode is None:
             sim.terminate()

@@ -413,21 +413,25 @@ def _two_free_ports() -> int:
 
 
 async def test_data_parallel_ranks_keep_their_own_sequences(mem: KVBlockIndex) -> None:
-    replay_base = _two_free_ports()
+    replay_base, bind_base = _two_free_ports(), _two_free_ports()
     sub = KVEventSubscriber(
         mem,
         SubscriberConfig(
-            bind="tcp://127.0.0.1:0",
+            bind=f"tcp://127.0.0.1:{bind_base}",
+            bind_ranks=2,
             replay_addresses={EP: f"tcp://127.0.0.1:{replay_base}"},
             replay_timeout_s=1.0,
         ),
     )
     await sub.start()
-    assert sub.bound_address is not None
     topic = f"kv@{EP}@{MODEL}"
+    # vLLM's rank r connects to the configured port + r and replays on its replay port + r.
     ranks = [
         KVEventPublisher(
-            sub.bound_address, f"tcp://127.0.0.1:{replay_base + r}", topic=topic, bind=False
+            f"tcp://127.0.0.1:{bind_base + r}",
+            f"tcp://127.0.0.1:{replay_base + r}",
+            topic=topic,
+            bind=False,
         )
         for r in (0, 1)
     ]
@@ -450,3 +454,12 @@ async def test_data_parallel_ranks_keep_their_own_sequences(mem: KVBlockIndex) -
         for p in ranks:
             p.close()
         await sub.stop()
+
+
+async def test_bind_ranks_needs_a_fixed_port() -> None:
+    sub = KVEventSubscriber(
+        InMemoryIndex(), SubscriberConfig(bind="tcp://127.0.0.1:0", bind_ranks=2)
+    )
+    with pytest.raises(ValueError, match="bind_ranks"):
+        await sub.start()
+    await sub.stop()

@@ -84,6 +84,8 @@ class EngineConfig(_Strict):
 class IngestConfig(_Strict):
     # Bind one SUB socket that engines connect to (vLLM endpoint tcp://kvmanager:5557).
     bind: str | None = None
+    # Also bind the next ports, for data-parallel engines (rank r connects to the port + r).
+    bind_ranks: int = Field(default=1, ge=1, le=1024)
     topic_filter: str = "kv@"
     topic_pattern: str = DEFAULT_TOPIC_PATTERN
     # Replay sockets of engines that connect to `bind`, by endpoint.

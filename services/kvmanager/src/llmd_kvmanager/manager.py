@@ -85,6 +85,7 @@ class KVManager:
             self.index,
             SubscriberConfig(
                 bind=ing.bind,
+                bind_ranks=ing.bind_ranks,
                 topic_filter=ing.topic_filter,
                 topic_pattern=ing.topic_pattern,
                 replay_addresses=dict(ing.replay),

@@ -58,6 +58,8 @@ class SubscriberConfig:
     """How to receive. `bind` set: one socket that engines connect to."""
 
     bind: str | None = None
+    # Data-parallel engines connecting to `bind`: rank r connects to its port + r.
+    bind_ranks: int = 1
     topic_filter: str = "kv@"
     topic_pattern: str = DEFAULT_TOPIC_PATTERN
     # Replay sockets of engines that connect to `bind`, by endpoint.
@@ -177,6 +179,14 @@ class KVEventSubscriber:
             sock = self._sub_socket(self.config.topic_filter)
             sock.bind(self.config.bind)
             self.bound_address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            # vLLM's data-parallel rank r connects to the configured port + r: one socket,
+            # several ports.
+            for r in range(1, self.config.bind_ranks):
+                address = offset_port(self.config.bind, r)
+                if address == self.config.bind or self.config.bind.endswith(":0"):
+                    sock.close(linger=0)
+                    raise ValueError(f"ingest.bind_ranks: {self.config.bind} has no fixed port")
+                sock.bind(address)
             self._bound = sock
             self._tasks.append(asyncio.create_task(self._receive(sock, None), name="kv-bind"))
 
