@@ -183,7 +183,11 @@ class KVEventSubscriber:
             # several ports.
             for r in range(1, self.config.bind_ranks):
                 address = offset_port(self.config.bind, r)
-                if address == self.config.bind or self.config.bind.endswith(":0"):
+                if (
+                    address is None
+                    or address == self.config.bind
+                    or self.config.bind.endswith(":0")
+                ):
                     sock.close(linger=0)
                     raise ValueError(f"ingest.bind_ranks: {self.config.bind} has no fixed port")
                 sock.bind(address)
