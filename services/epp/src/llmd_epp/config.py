@@ -31,6 +31,7 @@ class EPPSettings:
     endpoints: str = ""
     endpoints_file: str = ""
     modelservice_url: str = ""
+    modelservice_model: str = ""
     kvmanager_address: str = "127.0.0.1:9010"
     refresh_metrics_interval: str = ""
     metrics_failure_threshold: int = 3
@@ -90,6 +91,7 @@ _HELP = {
     "endpoints": "static endpoints, ip:port,ip:port",
     "endpoints_file": "static endpoints YAML file (re-read when it changes)",
     "modelservice_url": "modelservice base URL; endpoints come from its watch stream",
+    "modelservice_model": "only this model's endpoints from modelservice (default: all)",
     "kvmanager_address": "kvmanager KVIndex gRPC address for precise-prefix-cache-scorer",
     "refresh_metrics_interval": "metrics scrape interval (e.g. 50ms), overrides the config",
     "metrics_failure_threshold": "consecutive failed scrapes before an endpoint is unhealthy",

@@ -231,7 +231,10 @@ def load_picker_config(
         name = ps.name or ps.type
         if name in plugins:
             raise ConfigError(f"{source}: plugins[{i}]: duplicate plugin name {name!r}")
-        plugins[name] = create_plugin(ps.type, name, ps.parameters, handle)
+        try:
+            plugins[name] = create_plugin(ps.type, name, ps.parameters, handle)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
 
     profiles = _build_profiles(spec, plugins, handle, source)
     handlers = [p for p in plugins.values() if isinstance(p, ProfileHandler)]

@@ -133,7 +133,7 @@ class EPP:
             src.prime(self.store)
             return src
         if kind == "modelservice":
-            return ModelServiceSource(s.modelservice_url, s.pool_name)
+            return ModelServiceSource(s.modelservice_url, s.modelservice_model)
         return KubernetesSource(s.pool_name, s.pool_namespace)
 
     # ---------------------------------------------------------------- lifecycle

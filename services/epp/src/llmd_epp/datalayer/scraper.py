@@ -54,7 +54,7 @@ class MetricsScraper:
         self.clock = clock
         self.on_error = on_error
         self._wait: Any = wait_exponential_jitter(
-            initial=self.interval, max=max(max_backoff, self.interval), jitter=self.interval
+            multiplier=self.interval, max=max(max_backoff, self.interval), jitter=self.interval
         )
         self._timeout = timeout or max(0.5, self.interval * 10)
         self._tasks: dict[str, asyncio.Task[None]] = {}
