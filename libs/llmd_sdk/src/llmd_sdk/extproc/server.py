@@ -32,7 +32,7 @@ class ExtProcServicer(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[
         request_iterator: AsyncIterator[ext_proc.ProcessingRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[ext_proc.ProcessingResponse]:
-        stream = self._factory(StreamContext(peer=context.peer()))
+        stream = self._factory(StreamContext(grpc_context=context))
         self.active_streams += 1
         try:
             async for resp in stream.run(request_iterator):

@@ -34,6 +34,9 @@ from llmd_sdk.extproc.messages import (
 )
 from llmd_sdk.extproc.modes import BodyMode
 from llmd_sdk.extproc.reply import CONTINUE, Reply
+from llmd_sdk.telemetry.logging import get_logger
+
+_log = get_logger("llmd_sdk.extproc")
 
 # Envoy recommends streamed body responses of at most 64 KiB.
 STREAMED_CHUNK_BYTES = 64 * 1024
@@ -44,10 +47,16 @@ DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 class StreamContext:
     """What a processor knows about its stream besides the messages."""
 
-    peer: str = ""
     started: float = field(default_factory=time.monotonic)
+    # The grpc.aio ServicerContext (None when driven without gRPC, as in unit tests).
+    grpc_context: Any = None
     # Merged `metadata_context` namespaces seen so far (e.g. "envoy.lb.subset_hint").
     metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def peer(self) -> str:
+        """The gRPC peer ("ipv4:127.0.0.1:port"); computed on demand, it is not free."""
+        return str(self.grpc_context.peer()) if self.grpc_context is not None else ""
 
 
 class ExtProcStream:
@@ -101,7 +110,13 @@ class ExtProcStream:
         """The stream ended; `complete` is False when it was cancelled or broke mid-way."""
 
     def on_error(self, exc: BaseException) -> None:
-        """A hook raised. Override to log; the client gets a 500 with an OpenAI error body."""
+        """A hook raised: the client gets a 500 with an OpenAI error body; this logs it."""
+        _log.error(
+            "ext_proc hook failed",
+            service=self.service_name,
+            request_id=self.request_headers.get("x-request-id"),
+            exc_info=exc,
+        )
 
     # ------------------------------------------------------------ choreography
     async def run(
@@ -112,43 +127,44 @@ class ExtProcStream:
             async for req in requests:
                 if self.finished:
                     continue  # Envoy stops after an immediate response; ignore stragglers
-                if not self._mode_known:
-                    self._read_protocol_config(req)
-                if req.HasField("metadata_context"):
-                    self._merge_metadata(req)
-                kind = req.WhichOneof("request")
-                try:
-                    if kind == "request_headers":
-                        async for resp in self._on_request_headers(req.request_headers):
-                            yield resp
-                    elif kind == "request_body":
-                        async for resp in self._on_request_body(req.request_body):
-                            yield resp
-                    elif kind == "response_headers":
-                        yield await self._on_response_headers(req.response_headers)
-                    elif kind == "response_body":
-                        resp_or_none = await self._on_response_body(req.response_body)
-                        if resp_or_none is not None:
-                            yield resp_or_none
-                    elif kind == "request_trailers":
-                        yield ext_proc.ProcessingResponse(
-                            request_trailers=ext_proc.TrailersResponse()
-                        )
-                    elif kind == "response_trailers":
-                        self.response_complete = True
-                        yield ext_proc.ProcessingResponse(
-                            response_trailers=ext_proc.TrailersResponse()
-                        )
-                except Exception as exc:
-                    self.on_error(exc)
-                    self.finished = True
-                    yield error_response(
-                        500,
-                        f"{self.service_name}: internal error while processing {kind}",
-                        details=f"{self.service_name}_internal_error",
-                    )
+                for resp in await self.dispatch(req):
+                    yield resp
         finally:
             await self.on_close(self.response_complete or self.finished)
+
+    async def dispatch(self, req: ext_proc.ProcessingRequest) -> list[ext_proc.ProcessingResponse]:
+        """The answers to one message (none while a decision waits for more body)."""
+        if not self._mode_known:
+            self._read_protocol_config(req)
+        if req.HasField("metadata_context"):
+            self._merge_metadata(req)
+        kind = req.WhichOneof("request")
+        try:
+            if kind == "request_headers":
+                return await self._on_request_headers(req.request_headers)
+            if kind == "request_body":
+                return await self._on_request_body(req.request_body)
+            if kind == "response_headers":
+                return [await self._on_response_headers(req.response_headers)]
+            if kind == "response_body":
+                resp = await self._on_response_body(req.response_body)
+                return [] if resp is None else [resp]
+            if kind == "request_trailers":
+                return [ext_proc.ProcessingResponse(request_trailers=ext_proc.TrailersResponse())]
+            if kind == "response_trailers":
+                self.response_complete = True
+                return [ext_proc.ProcessingResponse(response_trailers=ext_proc.TrailersResponse())]
+            return []
+        except Exception as exc:
+            self.on_error(exc)
+            self.finished = True
+            return [
+                error_response(
+                    500,
+                    f"{self.service_name}: internal error while processing {kind}",
+                    details=f"{self.service_name}_internal_error",
+                )
+            ]
 
     def _read_protocol_config(self, req: ext_proc.ProcessingRequest) -> None:
         self._mode_known = True
@@ -167,7 +183,7 @@ class ExtProcStream:
     # request side -------------------------------------------------------------
     async def _on_request_headers(
         self, msg: ext_proc.HttpHeaders
-    ) -> AsyncIterator[ext_proc.ProcessingResponse]:
+    ) -> list[ext_proc.ProcessingResponse]:
         self.request_headers = headers_to_dict(msg.headers)
         eos = msg.end_of_stream
         reply = await self.on_request_headers(self.request_headers, eos)
@@ -176,14 +192,11 @@ class ExtProcStream:
         if reply is not None:
             self._request_decided = True
             self._request_headers_answered = True
-            yield self._headers_response(reply, request=True)
-            return
+            return [self._headers_response(reply, request=True)]
         if self._holds_request_headers():
-            return  # answered together with the decision, once the body is complete
+            return []  # answered together with the decision, once the body is complete
         self._request_headers_answered = True
-        yield ext_proc.ProcessingResponse(
-            request_headers=ext_proc.HeadersResponse(response=ext_proc.CommonResponse())
-        )
+        return [_HEADERS_CONTINUE]
 
     def _holds_request_headers(self) -> bool:
         mode = self.request_body_mode
@@ -191,36 +204,32 @@ class ExtProcStream:
             mode == BodyMode.STREAMED and self.send_body_without_waiting
         )
 
-    async def _on_request_body(
-        self, msg: ext_proc.HttpBody
-    ) -> AsyncIterator[ext_proc.ProcessingResponse]:
+    async def _on_request_body(self, msg: ext_proc.HttpBody) -> list[ext_proc.ProcessingResponse]:
         chunk, eos = msg.body, msg.end_of_stream
         mode = self.request_body_mode
         if self._request_decided:  # decided at the headers: the body just passes
             if mode == BodyMode.FULL_DUPLEX_STREAMED:
-                yield _streamed(chunk, eos, request=True)
-            else:
-                yield _body_continue(request=True)
-            return
+                return [_streamed(chunk, eos, request=True)]
+            return [_body_continue(request=True)]
         self._body_size += len(chunk)
         self._body_chunks += 1
         if self._body_size > self.max_request_body_bytes:
             self.finished = True
-            yield error_response(
-                413,
-                f"request body exceeds {self.max_request_body_bytes} bytes",
-                details=f"{self.service_name}_body_too_large",
-            )
-            return
+            return [
+                error_response(
+                    413,
+                    f"request body exceeds {self.max_request_body_bytes} bytes",
+                    details=f"{self.service_name}_body_too_large",
+                )
+            ]
         self._body_parts.append(chunk)
         if not eos:
-            return
-        body = b"".join(self._body_parts)
+            return []
+        body = self._body_parts[0] if len(self._body_parts) == 1 else b"".join(self._body_parts)
         self._body_parts.clear()
         reply = await self.on_request_body(self.request_headers, body)
         self._request_decided = True
-        for resp in self._deliver_request_decision(reply, body):
-            yield resp
+        return self._deliver_request_decision(reply, body)
 
     def _deliver_request_decision(
         self, reply: Reply, body: bytes
@@ -341,11 +350,20 @@ def _attach_metadata(
         resp.dynamic_metadata.CopyFrom(dynamic_metadata(namespaces))
 
 
+# Immutable in practice: the server only serialises them.
+_HEADERS_CONTINUE = ext_proc.ProcessingResponse(
+    request_headers=ext_proc.HeadersResponse(response=ext_proc.CommonResponse())
+)
+_REQUEST_BODY_CONTINUE = ext_proc.ProcessingResponse(
+    request_body=ext_proc.BodyResponse(response=ext_proc.CommonResponse())
+)
+_RESPONSE_BODY_CONTINUE = ext_proc.ProcessingResponse(
+    response_body=ext_proc.BodyResponse(response=ext_proc.CommonResponse())
+)
+
+
 def _body_continue(*, request: bool) -> ext_proc.ProcessingResponse:
-    br = ext_proc.BodyResponse(response=ext_proc.CommonResponse())
-    if request:
-        return ext_proc.ProcessingResponse(request_body=br)
-    return ext_proc.ProcessingResponse(response_body=br)
+    return _REQUEST_BODY_CONTINUE if request else _RESPONSE_BODY_CONTINUE
 
 
 def _streamed(chunk: bytes, eos: bool, *, request: bool) -> ext_proc.ProcessingResponse:
