@@ -181,7 +181,7 @@ async def test_sheddable_requests_get_429_when_saturated(
             "--flow-control",
             "off",
             endpoints=engines,
-        )  # fmt: skip
+        )
     )
     await wait_scraped(epp, 4)
     driver = Driver(f"127.0.0.1:{epp.grpc.port}")
@@ -216,7 +216,7 @@ async def test_flow_control_queues_until_capacity_returns_and_times_out(
             "--queue-ttl",
             "20s",
             endpoints=engines,
-        )  # fmt: skip
+        )
     )
     await wait_scraped(epp, 4)
     for e in engines:
@@ -310,7 +310,8 @@ async def test_health_services_and_metrics(engines: list[Engine], run_epp: Any) 
     finally:
         await driver.close()
     epp.director.refresh_pool_gauges()
-    text = httpx.get(f"http://127.0.0.1:{epp.metrics_server.port}/metrics").text
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"http://127.0.0.1:{epp.metrics_server.port}/metrics")).text
     for name in (
         'inference_objective_request_total{model_name="m",target_model_name="m"} 1.0',
         "inference_extension_scheduler_e2e_duration_seconds_count 1.0",
