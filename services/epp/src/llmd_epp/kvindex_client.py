@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 import grpc
@@ -42,6 +43,17 @@ class KVIndexClient:
         else:
             req.prompt = request.prompt
         return req
+
+    async def connect(self, timeout: float = 2.0) -> bool:
+        """Open the channel ahead of the first request (False when kvmanager is not up yet;
+        requests then score without prefix data until it is)."""
+        self._ensure()
+        assert self._channel is not None
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     async def score(self, request: LLMRequest, endpoints: Sequence[str]) -> PrefixScores:
         stub = self._ensure()

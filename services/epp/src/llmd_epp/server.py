@@ -155,6 +155,10 @@ class EPP:
         self._tasks.append(loop.create_task(self._run_source(), name="endpoint source"))
         self._tasks.append(loop.create_task(self._housekeeping(), name="housekeeping"))
         self.director.flow.start()
+        for p in self.picker.scheduler.plugins:
+            client = getattr(p, "source", None)
+            if isinstance(client, KVIndexClient) and not await client.connect():
+                log.warning("kvmanager not reachable yet", address=client.address)
         log.info(
             "epp started",
             version=__version__,
