@@ -42,6 +42,7 @@ class EPPSettings:
     log_format: str = "json"
     workers: int = 1
     debug_scores: bool = False
+    plugin_timing_every: int = 8
     seed: int = -1
     drain_timeout: str = "5s"
 
@@ -102,6 +103,7 @@ _HELP = {
     "log_format": "json or console",
     "workers": "EPP processes sharing the ports (SO_REUSEPORT); use precise prefix scoring",
     "debug_scores": "export each endpoint's last score (llm_d_epp_endpoint_score)",
+    "plugin_timing_every": "time plugins on one decision in N (1: every decision)",
     "seed": "random seed for pickers (-1: random)",
     "drain_timeout": "on SIGTERM, how long open streams may finish",
 }
@@ -142,6 +144,8 @@ def parse_settings(
         raise ConfigError(f"--flow-control: must be auto, on or off, got {settings.flow_control!r}")
     if settings.log_format not in ("json", "console"):
         raise ConfigError(f"--log-format: must be json or console, got {settings.log_format!r}")
+    if settings.plugin_timing_every < 1:
+        raise ConfigError("--plugin-timing-every: must be at least 1")
     if settings.workers < 1:
         raise ConfigError(f"--workers: must be at least 1, got {settings.workers}")
     for port in ("grpc_port", "grpc_health_port", "metrics_port"):

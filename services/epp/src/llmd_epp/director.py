@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 import uuid
 from collections.abc import Mapping
@@ -20,7 +21,7 @@ from typing import Any
 
 from llmd_sdk.extproc import Reply, error_response
 from llmd_sdk.openai import ChatCompletionRequest, CompletionRequest, OpenAIError, parse_request
-from llmd_sdk.telemetry import extract_context, get_logger, get_tracer
+from llmd_sdk.telemetry import TRACEPARENT, extract_context, get_logger, get_tracer
 from opentelemetry import trace
 
 from llmd_epp.datalayer.datastore import Datastore
@@ -52,6 +53,7 @@ _DECISION_HEADERS = (PREFILLER_HEADER, DATA_PARALLEL_HEADER)
 
 log = get_logger("llmd_epp.director")
 _tracer = get_tracer("llmd_epp")
+_NO_SPAN = trace.INVALID_SPAN
 
 
 @dataclass(slots=True, eq=False)
@@ -80,6 +82,7 @@ class Director:
         flow: FlowController | None = None,
         pool_name: str = "",
         debug_scores: bool = False,
+        plugin_timing_every: int = 8,
         clock: Any = time.monotonic,
     ) -> None:
         self.picker = picker
@@ -102,15 +105,46 @@ class Director:
             (p for p in self.scheduler.plugins if isinstance(p, PdProfileHandler)), None
         )
         self._pd_seen = {"decode-only": 0, "prefill-decode": 0}
-        self.scheduler.set_observer(self._observe_plugin)
+        self.scheduler.set_observer(self._observe_plugin, every=plugin_timing_every)
         store.on_removed.append(self._endpoint_removed)
+        # Spans cost tens of microseconds: make them when someone will see them (an exporter
+        # is configured, or the caller is tracing this request).
+        self.always_trace = bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+        self._plugin_children: dict[tuple[str, int], Any] = {}
+        self._objective_children: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+        self._outcome_children: dict[str, Any] = {}
 
     # ----------------------------------------------------------------- helpers
     def _queue_changed(self, priority: int, fairness_id: str, size: int) -> None:
         self.metrics.fc_queue_size.labels(fairness_id, str(priority), self.pool_name).set(size)
 
     def _observe_plugin(self, point: str, plugin: Plugin, seconds: float) -> None:
-        self.metrics.plugin_duration.labels(point, plugin.TYPE, plugin.name).observe(seconds)
+        key = (point, id(plugin))
+        child = self._plugin_children.get(key)
+        if child is None:
+            child = self.metrics.plugin_duration.labels(point, plugin.TYPE, plugin.name)
+            self._plugin_children[key] = child
+        child.observe(seconds)
+
+    def _outcome(self, outcome: str) -> None:
+        child = self._outcome_children.get(outcome)
+        if child is None:
+            child = self._outcome_children[outcome] = self.metrics.outcomes.labels(outcome)
+        child.inc()
+
+    def _objective(self, model: str, target: str) -> tuple[Any, Any, Any]:
+        """(request counter, request size histogram, running gauge) children of a model."""
+        key = (model, target)
+        children = self._objective_children.get(key)
+        if children is None:
+            m = self.metrics
+            children = (
+                m.requests.labels(model, target),
+                m.request_sizes.labels(model, target),
+                m.running.labels(model),
+            )
+            self._objective_children[key] = children
+        return children
 
     def _endpoint_removed(self, ep: Endpoint) -> None:
         self.scheduler.endpoint_removed(ep.key)
@@ -121,7 +155,7 @@ class Director:
     def _fail(
         self, status: int, message: str, outcome: str, model: str = "", target: str = ""
     ) -> Reply:
-        self.metrics.outcomes.labels(outcome).inc()
+        self._outcome(outcome)
         self.metrics.request_errors.labels(model, target, _error_code(status)).inc()
         return Reply(immediate=error_response(status, message, details=f"epp_{outcome}"))
 
@@ -168,7 +202,7 @@ class Director:
             try:
                 parsed = parse_request(body, headers.get(":path", ""))
             except OpenAIError as exc:
-                self.metrics.outcomes.labels("bad_request").inc()
+                self._outcome("bad_request")
                 self.metrics.request_errors.labels("", "", "BadRequest").inc()
                 return Reply(
                     immediate=error_response(400, exc.message, details="epp_bad_request")
@@ -223,16 +257,22 @@ class Director:
                 503, "no ready endpoints in the pool", "unavailable", model, target
             ), None
 
-        with _tracer.start_as_current_span(
-            "llm_d.epp.schedule",
-            context=extract_context(headers),
-            kind=trace.SpanKind.INTERNAL,
-            attributes={
-                "gen_ai.request.model": model,
-                "llm_d.epp.candidates": len(candidates),
-                "llm_d.epp.priority": request.priority,
-            },
-        ) as span:
+        tracing = self.always_trace or TRACEPARENT in headers
+        span_cm: Any = (
+            _tracer.start_as_current_span(
+                "llm_d.epp.schedule",
+                context=extract_context(headers),
+                kind=trace.SpanKind.INTERNAL,
+                attributes={
+                    "gen_ai.request.model": model,
+                    "llm_d.epp.candidates": len(candidates),
+                    "llm_d.epp.priority": request.priority,
+                },
+            )
+            if tracing
+            else contextlib.nullcontext(_NO_SPAN)
+        )
+        with span_cm as span:
             if self._preparers:
                 await asyncio.gather(*(p.prepare(request, candidates) for p in self._preparers))
             t0 = time.perf_counter()
@@ -263,11 +303,12 @@ class Director:
 
     def _record_pick(self, ctx: RequestContext, size: int) -> None:
         m = self.metrics
-        m.outcomes.labels("picked").inc()
-        m.requests.labels(ctx.model, ctx.target_model).inc()
-        m.request_sizes.labels(ctx.model, ctx.target_model).observe(size)
+        self._outcome("picked")
+        requests, sizes, running = self._objective(ctx.model, ctx.target_model)
+        requests.inc()
+        sizes.observe(size)
         if ctx.model:
-            m.running.labels(ctx.model).inc()
+            running.inc()
         assert ctx.result is not None
         key = ctx.result.primary.key
         self.in_flight[key] = self.in_flight.get(key, 0) + 1
@@ -317,7 +358,7 @@ class Director:
         self.scheduler.response_complete(ctx.request, served, now, usage)
         m = self.metrics
         if ctx.model:
-            m.running.labels(ctx.model).dec()
+            self._objective(ctx.model, ctx.target_model)[2].dec()
         if ctx.result is not None:
             key = ctx.result.primary.key
             n = self.in_flight.get(key, 0) - 1

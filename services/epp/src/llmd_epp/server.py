@@ -59,6 +59,7 @@ class EPP:
             objectives=self.objectives,
             pool_name=settings.pool_name,
             debug_scores=settings.debug_scores,
+            plugin_timing_every=settings.plugin_timing_every,
         )
         self.director.flow = build_flow_controller(
             self.picker,

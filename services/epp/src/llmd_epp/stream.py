@@ -50,7 +50,7 @@ class EPPStream(ExtProcStream):
             self.director.finish(self.ctx, complete)
 
     def on_error(self, exc: BaseException) -> None:
-        self.director.metrics.outcomes.labels("error").inc()
+        self.director._outcome("error")
         log.error("ext_proc hook failed", error=repr(exc), exc_info=exc)
 
 

@@ -27,15 +27,17 @@ class SchedulerProfile:
         self.filters = list(filters)
         self.scorers = list(scorers)
         self.picker = picker
-        self.observer: PluginObserver | None = None
 
     def plugins(self) -> list[Plugin]:
         return [*self.filters, *(s for s, _ in self.scorers), self.picker]
 
     def run(
-        self, cycle: CycleState, request: LLMRequest, endpoints: list[Endpoint]
+        self,
+        cycle: CycleState,
+        request: LLMRequest,
+        endpoints: list[Endpoint],
+        observe: PluginObserver | None = None,
     ) -> ProfileResult | None:
-        observe = self.observer
         candidates = endpoints
         for flt in self.filters:
             if observe is None:
@@ -46,8 +48,7 @@ class SchedulerProfile:
                 observe("Filter", flt, time.perf_counter() - t0)
             if not candidates:
                 return None
-        n = len(candidates)
-        totals = [0.0] * n
+        totals = [0.0] * len(candidates)
         for scorer, weight in self.scorers:
             if observe is None:
                 scores = scorer.score(cycle, request, candidates)
@@ -55,8 +56,7 @@ class SchedulerProfile:
                 t0 = time.perf_counter()
                 scores = scorer.score(cycle, request, candidates)
                 observe("Scorer", scorer, time.perf_counter() - t0)
-            for i in range(n):
-                totals[i] += weight * scores[i]
+            totals = [t + weight * s for t, s in zip(totals, scores, strict=True)]
         scored = list(zip(candidates, totals, strict=True))
         if observe is None:
             targets = self.picker.pick(cycle, request, scored)
@@ -66,4 +66,4 @@ class SchedulerProfile:
             observe("Picker", self.picker, time.perf_counter() - t0)
         if not targets:
             return None
-        return ProfileResult(targets=targets, scores={e.key: s for e, s in scored})
+        return ProfileResult(targets=targets, scored=scored)

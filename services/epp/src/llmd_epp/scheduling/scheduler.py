@@ -56,12 +56,14 @@ class Scheduler:
         self._complete = [p for p in self.plugins if isinstance(p, ResponseComplete)]
         self._listeners = [p for p in self.plugins if isinstance(p, EndpointListener)]
         self.observer: PluginObserver | None = None
+        self.observe_every = 1
+        self._cycles = 0
 
-    def set_observer(self, observer: PluginObserver | None) -> None:
-        """Time each plugin call (the server feeds a Prometheus histogram with it)."""
+    def set_observer(self, observer: PluginObserver | None, every: int = 1) -> None:
+        """Time plugin calls on one decision in `every` (the server feeds a Prometheus
+        histogram with it; sampling keeps the timing cost off most decisions)."""
         self.observer = observer
-        for prof in self.profiles.values():
-            prof.observer = observer
+        self.observe_every = max(1, every)
 
     def plugin(self, name: str) -> Plugin | None:
         return next((p for p in self.plugins if p.name == name), None)
@@ -73,6 +75,8 @@ class Scheduler:
         if not endpoints:
             raise SchedulingError("no candidate endpoints")
         cycle = CycleState(now=now)
+        self._cycles += 1
+        observer = self.observer if (self._cycles - 1) % self.observe_every == 0 else None
         results: dict[str, ProfileResult | None] = {}
         for _ in range(len(self.profiles) + 1):
             names = self.handler.pick_profiles(cycle, request, self.profiles, results)
@@ -83,12 +87,12 @@ class Scheduler:
                 profile = self.profiles.get(name)
                 if profile is None:
                     raise SchedulingError(f"profile handler asked for unknown profile {name!r}")
-                results[name] = profile.run(cycle, request, endpoints)
-        if self.observer is None:
+                results[name] = profile.run(cycle, request, endpoints, observer)
+        if observer is None:
             return self.handler.process_results(cycle, request, results)
         t0 = time.perf_counter()
         out = self.handler.process_results(cycle, request, results)
-        self.observer("ProcessProfilesResults", self.handler, time.perf_counter() - t0)
+        observer("ProcessProfilesResults", self.handler, time.perf_counter() - t0)
         return out
 
     # ------------------------------------------------------------- lifecycle hooks

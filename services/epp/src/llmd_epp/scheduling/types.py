@@ -84,10 +84,15 @@ class LLMRequest:
 
 @dataclass(slots=True)
 class ProfileResult:
-    """The outcome of one scheduling profile: endpoints in preference order, with scores."""
+    """The outcome of one scheduling profile: endpoints in preference order, and every
+    candidate with its weighted score."""
 
     targets: list[Endpoint]
-    scores: dict[str, float] = field(default_factory=dict)
+    scored: list[tuple[Endpoint, float]] = field(default_factory=list)
+
+    @property
+    def scores(self) -> dict[str, float]:
+        return {e.key: s for e, s in self.scored}
 
 
 @dataclass(slots=True)

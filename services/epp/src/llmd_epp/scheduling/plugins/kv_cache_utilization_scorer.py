@@ -16,4 +16,7 @@ class KVCacheUtilizationScorer(Scorer):
     def score(
         self, cycle: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]
     ) -> list[float]:
-        return [min(1.0, max(0.0, 1.0 - e.metrics.kv_usage)) for e in endpoints]
+        out = [1.0 - e.metrics.kv_usage for e in endpoints]
+        if any(v < 0.0 or v > 1.0 for v in out):  # a misreporting engine
+            out = [min(1.0, max(0.0, v)) for v in out]
+        return out
