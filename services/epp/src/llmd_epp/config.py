@@ -28,6 +28,7 @@ class EPPSettings:
     config_text: str = ""
     pool_name: str = ""
     pool_namespace: str = "default"
+    kubeconfig: str = ""
     endpoints: str = ""
     endpoints_file: str = ""
     modelservice_url: str = ""
@@ -89,6 +90,7 @@ _HELP = {
     "config_text": "EndpointPickerConfig YAML text (instead of --config-file)",
     "pool_name": "InferencePool name (Kubernetes endpoint source; also the pool metrics label)",
     "pool_namespace": "InferencePool namespace",
+    "kubeconfig": "kubeconfig file (default: in-cluster config, then ~/.kube/config)",
     "endpoints": "static endpoints, ip:port,ip:port",
     "endpoints_file": "static endpoints YAML file (re-read when it changes)",
     "modelservice_url": "modelservice base URL; endpoints come from its watch stream",

@@ -135,7 +135,7 @@ class EPP:
             return src
         if kind == "modelservice":
             return ModelServiceSource(s.modelservice_url, s.modelservice_model)
-        return KubernetesSource(s.pool_name, s.pool_namespace)
+        return KubernetesSource(s.pool_name, s.pool_namespace, s.kubeconfig)
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -155,6 +155,10 @@ class EPP:
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._run_source(), name="endpoint source"))
         self._tasks.append(loop.create_task(self._housekeeping(), name="housekeeping"))
+        if isinstance(self.source, KubernetesSource) and not s.objectives_file:
+            self._tasks.append(
+                loop.create_task(self.source.run_objectives(self.objectives), name="objectives")
+            )
         self.director.flow.start()
         for p in self.picker.scheduler.plugins:
             client = getattr(p, "source", None)

@@ -47,7 +47,9 @@ class EPPStream(ExtProcStream):
 
     async def on_close(self, complete: bool) -> None:
         if self.ctx is not None:
-            self.director.finish(self.ctx, complete)
+            # Without response body processing the response headers are all Envoy sends us.
+            headers_only = self.response_body_mode == BodyMode.NONE and self.ctx.status > 0
+            self.director.finish(self.ctx, complete or headers_only)
 
     def on_error(self, exc: BaseException) -> None:
         self.director._outcome("error")

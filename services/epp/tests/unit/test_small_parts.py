@@ -162,3 +162,15 @@ def test_settings_flags_env_and_errors() -> None:
     assert s.duration("queue_ttl") == 0.25
     with pytest.raises(ConfigError, match="--queue-ttl"):
         parse_settings(["--queue-ttl", "soon"], env={}).duration("queue_ttl")
+
+
+def test_inference_objectives_of_the_pool() -> None:
+    from llmd_epp.datalayer.sources.kubernetes import pool_objectives
+
+    items = [
+        {"metadata": {"name": "critical"}, "spec": {"priority": 10, "poolRef": {"name": "p"}}},
+        {"metadata": {"name": "batch"}, "spec": {"priority": -1, "poolRef": {"name": "p"}}},
+        {"metadata": {"name": "other"}, "spec": {"priority": 5, "poolRef": {"name": "q"}}},
+        {"metadata": {"name": "plain"}, "spec": {"poolRef": {"name": "p"}}},
+    ]
+    assert pool_objectives(items, "p") == {"critical": 10, "batch": -1, "plain": 0}

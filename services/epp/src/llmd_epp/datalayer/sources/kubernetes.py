@@ -59,6 +59,25 @@ def pod_endpoints(pod: Mapping[str, Any], ports: list[int]) -> list[Endpoint]:
     ]
 
 
+OBJECTIVE_GROUPS = (
+    ("inference.networking.x-k8s.io", "v1alpha2"),
+    ("inference.networking.k8s.io", "v1alpha1"),
+)
+
+
+def pool_objectives(items: list[Mapping[str, Any]], pool_name: str) -> dict[str, int]:
+    """name -> priority of the InferenceObjectives that reference `pool_name`."""
+    out: dict[str, int] = {}
+    for obj in items:
+        spec = obj.get("spec") or {}
+        ref = (spec.get("poolRef") or {}).get("name")
+        name = (obj.get("metadata") or {}).get("name")
+        if name and (ref is None or ref == pool_name):
+            prio = spec.get("priority", 0)
+            out[str(name)] = prio if isinstance(prio, int) and not isinstance(prio, bool) else 0
+    return out
+
+
 def selector_string(labels: Mapping[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
 
@@ -66,22 +85,32 @@ def selector_string(labels: Mapping[str, str]) -> str:
 class KubernetesSource:
     """Watches the pool's Pods; needs in-cluster config or a kubeconfig."""
 
-    def __init__(self, pool_name: str, namespace: str) -> None:
+    def __init__(self, pool_name: str, namespace: str, kubeconfig: str = "") -> None:
         self.pool_name = pool_name
         self.namespace = namespace
+        self.kubeconfig = kubeconfig
         self._stop = threading.Event()
+        self._api: tuple[Any, Any] | None = None
 
     def _clients(self) -> tuple[Any, Any]:
         from kubernetes import client as _client
         from kubernetes import config as _config
 
+        if self._api is not None:
+            return self._api
         client: Any = _client
         config: Any = _config
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            config.load_kube_config()
-        return client.CoreV1Api(), client.CustomObjectsApi()
+        api_client: Any
+        if self.kubeconfig:
+            api_client = config.new_client_from_config(config_file=self.kubeconfig)
+        else:
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config()
+            api_client = client.ApiClient()
+        self._api = (client.CoreV1Api(api_client), client.CustomObjectsApi(api_client))
+        return self._api
 
     def read_pool(self, custom: Any) -> tuple[dict[str, str], list[int]]:
         from kubernetes.client.exceptions import ApiException
@@ -126,6 +155,31 @@ class KubernetesSource:
             await done
         finally:
             self._stop.set()
+
+    async def run_objectives(self, objectives: Any, interval: float = 10.0) -> None:
+        """Keep `objectives` (an `Objectives`) in step with the pool's InferenceObjectives."""
+        while not self._stop.is_set():
+            try:
+                found = await asyncio.to_thread(self._list_objectives)
+            except Exception:
+                found = None  # CRD absent or no RBAC: keep what we have
+            if found is not None:
+                objectives.priorities = found
+            await asyncio.sleep(interval)
+
+    def _list_objectives(self) -> dict[str, int] | None:
+        from kubernetes.client.exceptions import ApiException
+
+        _, custom = self._clients()
+        for group, version in OBJECTIVE_GROUPS:
+            try:
+                listed = custom.list_namespaced_custom_object(
+                    group, version, self.namespace, "inferenceobjectives"
+                )
+            except ApiException:
+                continue
+            return pool_objectives(listed.get("items") or [], self.pool_name)
+        return None
 
     def _watch(self, store: Datastore, deliver: Any) -> None:
         from kubernetes import watch as _watch
