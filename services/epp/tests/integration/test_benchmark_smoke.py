@@ -25,7 +25,7 @@ def test_epp_overhead_smoke(tmp_path: Path) -> None:
             "2",
             "--out",
             str(out),
-        ],  # fmt: skip
+        ],
         capture_output=True,
         text=True,
         timeout=240,

@@ -54,7 +54,7 @@ class FakeAPI:
                     "selector": {"matchLabels": {"app": "vllm"}},
                     "targetPorts": [{"number": 8000}, {"number": 8001}],
                 },
-            }  # fmt: skip
+            }
         )
 
     async def pods_handler(self, request: Request) -> Response:
@@ -72,7 +72,7 @@ class FakeAPI:
                 "kind": "PodList",
                 "metadata": {"resourceVersion": "1"},
                 "items": list(self.pods.values()),
-            }  # fmt: skip
+            }
         )
 
     async def objectives(self, request: Request) -> Response:
@@ -86,7 +86,7 @@ class FakeAPI:
                         "spec": {"priority": -1, "poolRef": {"name": POOL}},
                     }
                 ],
-            }  # fmt: skip
+            }
         )
 
 
@@ -114,7 +114,7 @@ async def test_pods_of_the_pool_become_endpoints(tmp_path: Path) -> None:
     server = uvicorn.Server(
         uvicorn.Config(
             app, host="127.0.0.1", port=port, log_level="error", timeout_graceful_shutdown=1
-        )  # fmt: skip
+        )
     )
     serving = asyncio.create_task(server.serve())
     kubeconfig = tmp_path / "kubeconfig"
@@ -127,7 +127,7 @@ async def test_pods_of_the_pool_become_endpoints(tmp_path: Path) -> None:
                 "clusters": [{"name": "fake", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
                 "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u"}}],
                 "users": [{"name": "u", "user": {"token": "t"}}],
-            }  # fmt: skip
+            }
         )
     )
     store = Datastore()
