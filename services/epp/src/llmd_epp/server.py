@@ -25,7 +25,7 @@ from llmd_epp.datalayer.sources.kubernetes import KubernetesSource
 from llmd_epp.datalayer.sources.modelservice import ModelServiceSource
 from llmd_epp.datalayer.sources.static import StaticSource, parse_endpoint_list
 from llmd_epp.director import Director, build_flow_controller
-from llmd_epp.health import EPPHealth
+from llmd_epp.health import epp_health
 from llmd_epp.kvindex_client import KVIndexClient
 from llmd_epp.metrics import EPPMetrics
 from llmd_epp.objectives import Objectives, parse_objectives
@@ -85,7 +85,7 @@ class EPP:
         else:
             # No metrics are read, so staleness cannot mean anything.
             self.picker.detector.require_fresh = False
-        self.health = EPPHealth()
+        self.health, self.health_servicer = epp_health()
         self.grpc: GrpcServer | None = None
         self.health_server: GrpcServer | None = None
         self.metrics_server: Any = None
@@ -140,11 +140,10 @@ class EPP:
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
         s = self.settings
-        await self.health.start()
         _, register = ext_proc_registrar(stream_factory(self.director))
         self.grpc = GrpcServer(f"{s.host}:{s.grpc_port}", [register], reuse_port=self.reuse_port)
         self.health_server = GrpcServer(
-            f"{s.host}:{s.grpc_health_port}", [self.health.register], reuse_port=self.reuse_port
+            f"{s.host}:{s.grpc_health_port}", [self.health_servicer.add_to_server], reuse_port=self.reuse_port
         )
         await self.grpc.start()
         await self.health_server.start()
@@ -186,13 +185,13 @@ class EPP:
 
     async def _housekeeping(self) -> None:
         while True:
-            await self.health.set_ready(self.store.synced)
+            self.health.set_ready(self.store.synced)
             self.director.refresh_pool_gauges()
             await asyncio.sleep(0.5 if not self.store.synced else 1.0)
 
     async def stop(self) -> None:
         grace = self.settings.duration("drain_timeout") or 0.0
-        await self.health.shutting_down()
+        self.health.shutdown()
         if self.grpc is not None:
             await self.grpc.stop(grace)
         for t in self._tasks:
