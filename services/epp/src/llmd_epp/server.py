@@ -143,7 +143,9 @@ class EPP:
         _, register = ext_proc_registrar(stream_factory(self.director))
         self.grpc = GrpcServer(f"{s.host}:{s.grpc_port}", [register], reuse_port=self.reuse_port)
         self.health_server = GrpcServer(
-            f"{s.host}:{s.grpc_health_port}", [self.health_servicer.add_to_server], reuse_port=self.reuse_port
+            f"{s.host}:{s.grpc_health_port}",
+            [self.health_servicer.add_to_server],
+            reuse_port=self.reuse_port,
         )
         await self.grpc.start()
         await self.health_server.start()
