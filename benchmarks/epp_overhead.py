@@ -183,6 +183,7 @@ class Client:
         self.stubs = [ext_proc_grpc.ExternalProcessorStub(c) for c in self.channels]
         self.n = 0
         self.failures = 0
+        self.errors: dict[str, int] = {}
 
     async def close(self) -> None:
         for c in self.channels:
@@ -206,8 +207,9 @@ class Client:
             await call.done_writing()
             while await call.read() is not grpc.aio.EOF:
                 pass
-        except grpc.aio.AioRpcError:
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
             self.failures += 1
+            self.errors[type(exc).__name__ + ": " + str(getattr(exc, "details", lambda: "")())] = 1
             return time.perf_counter() - t0
         return took
 
