@@ -46,6 +46,9 @@ class EPP:
         self.worker = int(os.environ.get(WORKER_ENV, "0"))
         self.reuse_port = WORKER_ENV in os.environ
         self.picker = self._load_picker()
+        interval = settings.duration("refresh_metrics_interval")
+        if interval and self.picker.data_source is not None:
+            self.picker.data_source.refresh_interval = interval
         self.store = Datastore(settings.pool_name)
         self.metrics = EPPMetrics()
         self.metrics.info.labels("", __version__).set(1)
@@ -70,9 +73,6 @@ class EPP:
         )
         self.scraper: MetricsScraper | None = None
         if self.picker.data_source is not None:
-            interval = settings.duration("refresh_metrics_interval")
-            if interval:
-                self.picker.data_source.refresh_interval = interval
             self.scraper = MetricsScraper(
                 self.store,
                 self.picker.data_source,
@@ -130,7 +130,9 @@ class EPP:
         kind = s.source_kind
         if kind == "static":
             eps = parse_endpoint_list(s.endpoints) if s.endpoints else []
-            src = StaticSource(eps, s.endpoints_file or None)
+            # A changed file takes effect within one scrape interval.
+            poll = self.picker.data_source.refresh_interval if self.picker.data_source else 0.05
+            src = StaticSource(eps, s.endpoints_file or None, poll=max(poll, 0.02))
             src.prime(self.store)
             return src
         if kind == "modelservice":

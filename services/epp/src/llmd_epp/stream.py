@@ -12,6 +12,7 @@ from llmd_sdk.telemetry import get_logger
 from llmd_epp.director import Director, RequestContext
 
 log = get_logger("llmd_epp.stream")
+_warned_streamed = False
 
 
 class EPPStream(ExtProcStream):
@@ -50,6 +51,16 @@ class EPPStream(ExtProcStream):
             # Without response body processing the response headers are all Envoy sends us.
             headers_only = self.response_body_mode == BodyMode.NONE and self.ctx.status > 0
             self.director.finish(self.ctx, complete or headers_only)
+
+    def on_dropped_header_mutation(self, reply: Reply) -> None:
+        global _warned_streamed
+        if not _warned_streamed:
+            _warned_streamed = True
+            log.warning(
+                "Envoy sends STREAMED request bodies without "
+                "send_body_without_waiting_for_header_response: the destination header cannot "
+                "reach the request; use FULL_DUPLEX_STREAMED (or BUFFERED)"
+            )
 
     def on_error(self, exc: BaseException) -> None:
         self.director._outcome("error")
