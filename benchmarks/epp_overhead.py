@@ -267,6 +267,36 @@ async def open_loop(ports: list[int], rate: float, total: int) -> dict[str, floa
     }
 
 
+def core_cost(n: int, decisions: int) -> dict[str, float]:
+    """The scheduling core alone (no gRPC, no parsing): schedule + pre_request per decision,
+    as a simulator would call it."""
+    from llmd_epp.pickerconfig import load_picker_config
+    from llmd_epp.scheduling import Endpoint, EndpointMetrics, LLMRequest
+
+    cfg = load_picker_config(EPP_CONFIG, seed=1)
+    eps = [
+        Endpoint.at(f"10.{i // 250}.{i % 250}.1:8000", metrics=EndpointMetrics(waiting=i % 7))
+        for i in range(n)
+    ]
+    reqs = [
+        LLMRequest(request_id=str(i), model="m", target_model="m", prompt=SYSTEM + f"q{i}")
+        for i in range(decisions)
+    ]
+    sched = cfg.scheduler
+    samples = []
+    for i, req in enumerate(reqs):
+        t0 = time.perf_counter()
+        result = sched.schedule(req, eps, float(i))
+        sched.pre_request(req, result, float(i))
+        samples.append(time.perf_counter() - t0)
+    samples = samples[len(samples) // 10 :]  # warm-up
+    return {
+        "mean_us": statistics.fmean(samples) * 1e6,
+        "p50_us": percentile(samples, 50) * 1e6,
+        "p99_us": percentile(samples, 99) * 1e6,
+    }
+
+
 def measure(ports: list[int], args: argparse.Namespace) -> dict[str, float]:
     closed = asyncio.run(closed_loop(ports, args.requests, args.concurrency))
     opened = asyncio.run(open_loop(ports, args.rate, args.latency_requests))
@@ -321,6 +351,7 @@ def main() -> int:
             for n in sizes:
                 rounds[f"epp-{n}"].append(measure([epp_ports[n]], args))
         results["rounds"] = rounds
+        results["core"] = {str(n): core_cost(n, args.requests) for n in sizes}
         if args.replicas:
             results["horizontal"] = horizontal(args, procs)
     finally:
@@ -371,6 +402,11 @@ def main() -> int:
         f"loop {args.requests} decisions at concurrency {args.concurrency}; medians of "
         f"{args.rounds} alternating rounds. Target: p99 < 2 ms at 64 endpoints, 1,000 req/s."
     )
+    core_rows = [
+        {"endpoints": n, **{k: v for k, v in results["core"][str(n)].items()}} for n in sizes
+    ]
+    print("\nscheduling core alone (schedule + pre_request, no I/O):")
+    print(table(core_rows, ["endpoints", "mean_us", "p50_us", "p99_us"]))
     if "horizontal" in results:
         h = results["horizontal"]
         print(
