@@ -106,10 +106,27 @@ def test_pd_without_decode_workers_fails() -> None:
 
 
 def test_data_parallel_handler_rewrites_to_primary_port() -> None:
-    ranks = [ep(1, waiting=5), ep(2)]
-    ranks[0].port = ranks[1].port = 0
     prof = SchedulerProfile("dp", [], [(QueueScorer(), 1.0)], MaxScorePicker())
     sched = Scheduler({"dp": prof}, DataParallelProfileHandler(primary_port=9000))
     result = sched.schedule(req(), [ep(1, waiting=5), ep(2)], 0.0)
     assert result.headers[DATA_PARALLEL_HEADER] == "10.0.0.2:8000"
     assert result.destination_list() == ["10.0.0.2:9000"]
+
+
+def test_prefill_header_handler_and_always_disagg_decider() -> None:
+    from llmd_epp.scheduling import ProfileResult, SchedulingResult
+    from llmd_epp.scheduling.plugins.pd_decider import AlwaysDisaggPDDecider
+    from llmd_epp.scheduling.plugins.prefill_header_handler import PrefillHeaderHandler
+
+    handler = PrefillHeaderHandler(prefill_profile="p")
+    both = SchedulingResult("d", {"d": ProfileResult([POOL[2]]), "p": ProfileResult([POOL[1]])})
+    handler.pre_request(req(), both, 0.0)
+    assert both.headers == {PREFILLER_HEADER: POOL[1].key}
+    decode_only = SchedulingResult("d", {"d": ProfileResult([POOL[2]])})
+    handler.pre_request(req(), decode_only, 0.0)
+    assert PREFILLER_HEADER not in decode_only.headers
+    sched, _ = pd_scheduler(
+        PdProfileHandler(threshold=10_000, decider=AlwaysDisaggPDDecider("always"))
+    )
+    result = sched.schedule(req("tiny"), POOL, 0.0)  # the decider overrides the threshold
+    assert result.headers[PREFILLER_HEADER] == POOL[0].key

@@ -7,7 +7,6 @@ import heapq
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from llmd_epp.pickerconfig import load_picker_config
