@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -220,6 +219,3 @@ async def wait_scraped(epp: EPP, n: int, timeout: float = 10.0) -> None:
         if loop.time() > deadline:
             raise AssertionError("endpoints were not scraped in time")
         await asyncio.sleep(0.01)
-
-
-ENV_PY = os.environ.copy()
