@@ -1,0 +1,5 @@
+import sys
+
+from llmd_epp.server import main
+
+sys.exit(main())

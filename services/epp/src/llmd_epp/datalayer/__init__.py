@@ -1,0 +1,1 @@
+"""The data layer: where endpoints come from and what their engines report."""

@@ -1,0 +1,1 @@
+"""Endpoint sources: static list/file, Kubernetes Pods of an InferencePool, modelservice."""

@@ -1,0 +1,1 @@
+"""Flow control: saturation detection, priority-band queueing, admission (shed/queue/503)."""

@@ -1,0 +1,130 @@
+"""`precise-prefix-cache-scorer`: prefix-cache affinity from what the engines report holding.
+
+kvmanager follows every engine's KV-cache events and answers, per endpoint, how many leading
+blocks of the request it holds (vLLM's real block hashes, GPU/CPU tiers weighted). The scorer
+gets those numbers from a `PrefixScoreSource`: kvmanager's `KVIndex.Score` over gRPC (the server
+fetches them in the async `prepare` step before scheduling), or an in-process index that
+answers synchronously (a simulator, or kvmanager's library). Because the index is shared, any
+number of EPP replicas see the same prefix state: that is the horizontal mode.
+
+Scores are min-max normalised over the candidates (all equal and positive: 1; none: 0), as
+upstream. Parameters: upstream's `indexerConfig` and `kvEventsConfig` (accepted for
+compatibility; the block size and hash seed are kvmanager's concern here), plus
+`kvmanagerAddress` (default: the EPP's `--kvmanager-address`) and `timeout` (default 100ms,
+after which the request is scored without prefix data).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from llmd_epp.scheduling.framework import CycleState, Handle, PrepareData, Scorer
+from llmd_epp.scheduling.prefix_index import AVERAGE_CHARS_PER_TOKEN, PrefixMatch
+from llmd_epp.scheduling.registry import Duration, PluginParams, register
+from llmd_epp.scheduling.types import Endpoint, LLMRequest
+
+DEFAULT_TIMEOUT = 0.1
+
+
+@dataclass(slots=True)
+class PrefixScores:
+    """One index answer: per endpoint, matched leading blocks and the tier-weighted score."""
+
+    matched: dict[str, int] = field(default_factory=dict)
+    weighted: dict[str, float] = field(default_factory=dict)
+    total_blocks: int = 0
+    block_size: int = 16  # tokens
+
+
+class PrefixScoreSource(Protocol):
+    """Answers prefix matches for a request over candidate endpoint keys. `score` may be a
+    plain method (in-process index) or a coroutine function (remote kvmanager)."""
+
+    def score(
+        self, request: LLMRequest, endpoints: Sequence[str]
+    ) -> PrefixScores | Awaitable[PrefixScores]: ...
+
+
+@register()
+class PrecisePrefixCacheScorer(Scorer, PrepareData):
+    TYPE = "precise-prefix-cache-scorer"
+
+    class Params(PluginParams):
+        indexerConfig: dict[str, Any] | None = None
+        kvEventsConfig: dict[str, Any] | None = None
+        kvmanagerAddress: str = ""
+        timeout: Duration = DEFAULT_TIMEOUT
+
+    def __init__(self, name: str = "", source: PrefixScoreSource | None = None) -> None:
+        super().__init__(name)
+        self.source = source
+        self.errors = 0
+
+    @classmethod
+    def create(
+        cls, name: str, params: PrecisePrefixCacheScorer.Params, handle: Handle
+    ) -> PrecisePrefixCacheScorer:
+        source = handle.deps.get("prefix_score_source")
+        factory = handle.deps.get("kvindex_client_factory")
+        if source is None and factory is not None:
+            address = params.kvmanagerAddress or handle.deps.get("kvmanager_address", "")
+            if not address:
+                raise ValueError("parameters.kvmanagerAddress: no kvmanager address configured")
+            source = factory(address, params.timeout)
+        return cls(name, source)
+
+    @property
+    def is_async(self) -> bool:
+        return self.source is not None and inspect.iscoroutinefunction(self.source.score)
+
+    def _store(self, request: LLMRequest, scores: PrefixScores) -> PrefixMatch:
+        pm = PrefixMatch(
+            total_blocks=scores.total_blocks,
+            block_chars=scores.block_size * AVERAGE_CHARS_PER_TOKEN,
+            matches={k: v for k, v in scores.matched.items() if v > 0},
+        )
+        request.state[self.name] = pm
+        request.state[self.name + "#weighted"] = scores.weighted
+        return pm
+
+    async def prepare(self, request: LLMRequest, endpoints: Sequence[Endpoint]) -> None:
+        if self.source is None or not self.is_async:
+            return
+        try:
+            result = self.source.score(request, [e.key for e in endpoints])
+            assert inspect.isawaitable(result)
+            scores = await result
+        except Exception:
+            # kvmanager down or slow: schedule without prefix data rather than fail.
+            self.errors += 1
+            return
+        self._store(request, scores)
+
+    def match_for(self, request: LLMRequest, endpoints: Sequence[Endpoint]) -> PrefixMatch | None:
+        found = request.state.get(self.name)
+        if isinstance(found, PrefixMatch):
+            return found
+        if self.source is None or self.is_async:
+            return None  # not prepared (or the fetch failed)
+        result = self.source.score(request, [e.key for e in endpoints])
+        assert isinstance(result, PrefixScores)
+        return self._store(request, result)
+
+    def score(
+        self, cycle: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]
+    ) -> list[float]:
+        pm = self.match_for(request, endpoints)
+        if pm is None:
+            return [0.0] * len(endpoints)
+        weighted: dict[str, float] = request.state.get(self.name + "#weighted") or {}
+        raw = [weighted.get(e.key, float(pm.matches.get(e.key, 0))) for e in endpoints]
+        hi, lo = max(raw), min(raw)
+        if hi <= 0:
+            return [0.0] * len(raw)
+        if hi == lo:
+            return [1.0] * len(raw)
+        span = hi - lo
+        return [(r - lo) / span for r in raw]

@@ -1,0 +1,157 @@
+"""The Kubernetes endpoint source against an HTTP server speaking the API server's protocol for
+the few calls it makes (read the InferencePool, list and watch Pods, list InferenceObjectives).
+There is no real API server on this machine; the kind tests cover a real cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from llmd_epp.datalayer.datastore import Datastore
+from llmd_epp.datalayer.sources.kubernetes import KubernetesSource
+from llmd_epp.objectives import Objectives
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from .conftest import free_port
+
+pytestmark = pytest.mark.integration
+NS, POOL = "llm", "pool"
+
+
+def pod(name: str, ip: str, ready: bool = True, rv: str = "1") -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": {"app": "vllm"},
+                     "resourceVersion": rv},
+        "spec": {"containers": [{"name": "vllm", "image": "vllm"}]},
+        "status": {"podIP": ip, "phase": "Running",
+                   "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+    }  # fmt: skip
+
+
+class FakeAPI:
+    def __init__(self) -> None:
+        self.pods = {"p0": pod("p0", "10.0.0.1"), "p1": pod("p1", "10.0.0.2", ready=False)}
+        self.events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self.selectors: list[str] = []
+
+    async def pool(self, request: Request) -> Response:
+        return JSONResponse(
+            {
+                "apiVersion": "inference.networking.k8s.io/v1",
+                "kind": "InferencePool",
+                "metadata": {"name": POOL, "namespace": NS},
+                "spec": {
+                    "selector": {"matchLabels": {"app": "vllm"}},
+                    "targetPorts": [{"number": 8000}, {"number": 8001}],
+                },
+            }
+        )
+
+    async def pods_handler(self, request: Request) -> Response:
+        self.selectors.append(request.query_params.get("labelSelector", ""))
+        if request.query_params.get("watch") in ("true", "True", "1"):
+
+            async def stream() -> AsyncIterator[bytes]:
+                while (event := await self.events.get()) is not None:
+                    yield (json.dumps(event) + "\n").encode()
+
+            return StreamingResponse(stream(), media_type="application/json")
+        return JSONResponse(
+            {
+                "apiVersion": "v1",
+                "kind": "PodList",
+                "metadata": {"resourceVersion": "1"},
+                "items": list(self.pods.values()),
+            }
+        )
+
+    async def objectives(self, request: Request) -> Response:
+        return JSONResponse(
+            {
+                "apiVersion": "inference.networking.x-k8s.io/v1alpha2",
+                "kind": "List",
+                "items": [
+                    {
+                        "metadata": {"name": "batch"},
+                        "spec": {"priority": -1, "poolRef": {"name": POOL}},
+                    }
+                ],
+            }
+        )
+
+
+async def until(cond: Any, timeout: float, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out: {what}")
+        await asyncio.sleep(0.01)
+
+
+async def test_pods_of_the_pool_become_endpoints(tmp_path: Path) -> None:
+    api = FakeAPI()
+    port = free_port()
+    app = Starlette(
+        routes=[
+            Route(f"/apis/inference.networking.k8s.io/v1/namespaces/{NS}/inferencepools/{POOL}",
+                  api.pool),
+            Route(f"/api/v1/namespaces/{NS}/pods", api.pods_handler),
+            Route(f"/apis/inference.networking.x-k8s.io/v1alpha2/namespaces/{NS}/inferenceobjectives",
+                  api.objectives),
+        ]
+    )  # fmt: skip
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="error", timeout_graceful_shutdown=1
+        )
+    )
+    serving = asyncio.create_task(server.serve())
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "fake",
+                "clusters": [{"name": "fake", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u"}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+            }
+        )
+    )
+    store = Datastore()
+    source = KubernetesSource(POOL, NS, str(kubeconfig))
+    objectives = Objectives()
+    task = asyncio.create_task(source.run(store))
+    obj_task = asyncio.create_task(source.run_objectives(objectives, interval=0.2))
+    try:
+        await until(lambda: server.started, 10, "fake API server")
+        keys = lambda: sorted(e.key for e in store.candidates())  # noqa: E731
+        await until(lambda: store.synced, 10, "initial list")
+        assert keys() == ["10.0.0.1:8000", "10.0.0.1:8001"]  # the unready pod is left out
+        assert [e.rank for e in store.candidates()] == [0, 1]
+        assert store.get("10.0.0.1:8000").name == f"{NS}/p0"  # type: ignore[union-attr]
+        assert api.selectors[0] == "app=vllm"
+        api.events.put_nowait({"type": "MODIFIED", "object": pod("p1", "10.0.0.2", rv="2")})
+        await until(lambda: "10.0.0.2:8000" in keys(), 10, "pod became ready")
+        api.events.put_nowait({"type": "DELETED", "object": pod("p0", "10.0.0.1", rv="3")})
+        await until(lambda: keys() == ["10.0.0.2:8000", "10.0.0.2:8001"], 10, "pod deleted")
+        await until(lambda: objectives.priority("batch") == -1, 10, "objectives listed")
+    finally:
+        task.cancel()
+        obj_task.cancel()
+        await asyncio.gather(task, obj_task, return_exceptions=True)
+        api.events.put_nowait(None)
+        server.should_exit = True
+        await serving
