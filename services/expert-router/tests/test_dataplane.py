@@ -92,6 +92,31 @@ def test_moe_layer_matches_the_reference_with_replicas_and_chunks() -> None:
         assert moe.last_tokens_per_slot[4:6] == [0, 0]
 
 
+def test_source_layout_hands_the_experts_an_index_instead_of_a_copy() -> None:
+    wgu, wd = weights(5, 8, 4, seed=5)
+    layer = LayerPlacement((0, 1, 2, 3, 4, 0, 2), 5, 1)
+    placement = DevicePlacement.build(layer)
+    x = torch.randn(40, 8)
+    ids = torch.stack([torch.randperm(5)[:3] for _ in range(40)])
+    w = torch.rand(40, 3)
+    by_expert = dispatch(x, ids, w, placement, num_chunks=2)
+    as_received = dispatch(x, ids, w, placement, num_chunks=2, layout="source")
+    assert by_expert.slot_rows is None and as_received.slot_rows is not None
+    assert torch.equal(as_received.expert_x[as_received.slot_rows], by_expert.expert_x)
+    assert as_received.tokens_per_slot == by_expert.tokens_per_slot
+    ref = reference_moe(x, ids, w, wgu, wd)
+    for mode in ("loop", "bmm"):
+        moe = EPMoE(
+            ExpertPool.from_logical(wgu, wd, layer, 0, mode=mode),  # type: ignore[arg-type]
+            placement,
+            num_chunks=2,
+            layout="source",
+        )
+        assert torch.allclose(moe(x, ids, w), ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"^layout:"):
+        dispatch(x, ids, w, placement, layout="rank")  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("tokens", [0, 1, 7, 64])
 @pytest.mark.parametrize("chunks", [1, 3, 8])
 def test_chunk_bounds_match_the_device_formula(tokens: int, chunks: int) -> None:

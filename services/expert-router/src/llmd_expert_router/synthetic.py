@@ -36,6 +36,31 @@ def zipf_topk(
     return top.astype(np.int64)
 
 
+def zipf_windows(
+    num_layers: int,
+    num_experts: int,
+    *,
+    num_tokens: int,
+    top_k: int,
+    exponent: float,
+    seed: int,
+    windows: int = 1,
+) -> IntArray:
+    """``[W, L, E]`` loads of ``windows`` successive windows of ``num_tokens`` tokens each.
+
+    The windows share each layer's popularity (the model's routing preferences) and differ by
+    sampling, like consecutive load windows of one deployment.
+    """
+    rng = np.random.default_rng(seed)
+    out = np.zeros((windows, num_layers, num_experts), dtype=np.int64)
+    for layer in range(num_layers):
+        pop = zipf_popularity(num_experts, exponent, rng)
+        for w in range(windows):
+            ids = zipf_topk(num_tokens, num_experts, top_k, exponent, rng, popularity=pop)
+            out[w, layer] = np.bincount(ids.ravel(), minlength=num_experts)
+    return out
+
+
 def zipf_load(
     num_layers: int,
     num_experts: int,
@@ -46,9 +71,13 @@ def zipf_load(
     seed: int,
 ) -> IntArray:
     """``[L, E]`` tokens routed to each expert when ``num_tokens`` tokens pass every layer."""
-    rng = np.random.default_rng(seed)
-    out = np.zeros((num_layers, num_experts), dtype=np.int64)
-    for layer in range(num_layers):
-        ids = zipf_topk(num_tokens, num_experts, top_k, exponent, rng)
-        out[layer] = np.bincount(ids.ravel(), minlength=num_experts)
+    windows = zipf_windows(
+        num_layers,
+        num_experts,
+        num_tokens=num_tokens,
+        top_k=top_k,
+        exponent=exponent,
+        seed=seed,
+    )
+    out: IntArray = windows[0]
     return out

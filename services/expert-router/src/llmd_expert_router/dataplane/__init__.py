@@ -8,6 +8,7 @@ a rank's experts; ``EPMoE`` chains the three; ``reference_moe`` is the single-pr
 from llmd_expert_router.dataplane.dispatch import (
     CombineHandle,
     DispatchResult,
+    Layout,
     combine,
     dispatch,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "DispatchResult",
     "EPMoE",
     "ExpertPool",
+    "Layout",
     "combine",
     "dispatch",
     "reference_moe",

@@ -18,6 +18,13 @@ Protocol of one dispatch:
        several chunks the gathers and scatters of one chunk overlap the transfer of another
        (NCCL runs on its own stream; gloo on its own thread).
 
+Layouts of the received rows:
+    ``"expert"`` (default): grouped by local slot, ready for a grouped matmul.
+    ``"source"``: as received (by chunk, then source rank, then slot), with ``slot_rows``, the
+    row indices in slot order. This skips the scatter in ``dispatch`` and the matching gather in
+    ``combine``; the experts gather their rows themselves (``ExpertPool`` accepts ``rows``), as a
+    grouped-GEMM kernel that reads rows through an index list does for free.
+
 Replica choice: the ``i``-th assignment (in token order) of expert ``e`` on rank ``r`` goes to
 replica ``(i + r) mod replicas(e)``. Each replica gets an equal share (to within one token) of
 every rank's traffic for that expert, and the rank offset spreads the remainders. Deterministic.
@@ -32,13 +39,15 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from llmd_expert_router.dataplane.layout import DevicePlacement
+
+Layout = Literal["expert", "source"]
 
 
 class _Waitable(Protocol):
@@ -98,6 +107,7 @@ class CombineHandle:
     """
 
     comm: _Comm
+    layout: Layout
     num_tokens: int
     top_k: int
     chunk_tokens: tuple[tuple[int, int], ...]
@@ -106,7 +116,7 @@ class CombineHandle:
     send_splits: tuple[tuple[int, ...], ...]  # per chunk, rows to each destination rank
     recv_splits: tuple[tuple[int, ...], ...]  # per chunk, rows from each source rank
     order: torch.Tensor  # [N] assignment id (token * k + j) of each sorted send row
-    expert_pos: torch.Tensor  # [N_recv] expert-major position of each received row
+    expert_pos: torch.Tensor  # [N_recv] slot-order position of each received row
     weights: torch.Tensor  # [T, k] gating weights in the activation dtype
 
 
@@ -115,14 +125,18 @@ class DispatchResult:
     """What this rank's experts must process.
 
     Attributes:
-        expert_x: ``[N_recv, H]`` received rows, grouped by local slot (slot 0 first).
+        expert_x: ``[N_recv, H]`` received rows: grouped by local slot (slot 0 first) in the
+            ``"expert"`` layout, as received in the ``"source"`` layout.
         tokens_per_slot: rows for each local slot (``len == slots_per_rank``).
         handle: pass to ``combine`` with the experts' output in the same row order.
+        slot_rows: ``"source"`` layout only: ``[N_recv]`` indices into ``expert_x`` listing
+            slot 0's rows, then slot 1's, ...
     """
 
     expert_x: torch.Tensor
     tokens_per_slot: list[int]
     handle: CombineHandle
+    slot_rows: torch.Tensor | None = None
 
 
 def dispatch(
@@ -133,6 +147,7 @@ def dispatch(
     *,
     group: dist.ProcessGroup | None = None,
     num_chunks: int = 1,
+    layout: Layout = "expert",
 ) -> DispatchResult:
     """Send each token to the ranks of its top-k experts.
 
@@ -144,9 +159,12 @@ def dispatch(
         placement: this layer's replica tables (same on every rank).
         group: process group of the EP ranks (default: the world).
         num_chunks: pipeline depth; identical on every rank.
+        layout: ``"expert"`` or ``"source"`` (see the module docstring).
     """
     comm = _Comm.of(group)
     _check_inputs(hidden, topk_ids, topk_weights, placement, comm, num_chunks)
+    if layout not in ("expert", "source"):
+        raise ValueError(f"layout: expected 'expert' or 'source', got {layout!r}")
     num_tokens, hidden_size = hidden.shape
     top_k = topk_ids.shape[1]
     dev = hidden.device
@@ -162,7 +180,7 @@ def dispatch(
     chunk = token * chunks // max(num_tokens, 1)
     key = chunk * placement.num_physical + slot
     order = torch.argsort(key, stable=True)
-    send_counts = torch.bincount(key, minlength=chunks * placement.num_physical)
+    send_counts = _count(key, chunks * placement.num_physical)
 
     # 2. Counts to every peer (and the bad-id flag), then the one host synchronisation.
     meta = torch.cat(
@@ -220,14 +238,23 @@ def dispatch(
                 async_op=chunks > 1,
             )
         )
-    expert_x = hidden.new_empty(n_recv, hidden_size)
-    for c in range(chunks):
-        ra, rb = recv_rows[c]
-        works[c].wait()
-        expert_x.index_copy_(0, expert_pos[ra:rb], recv_x[ra:rb])
+    slot_rows = None
+    if layout == "source":
+        for work in works:
+            work.wait()
+        expert_x = recv_x
+        slot_rows = torch.empty_like(expert_pos)
+        slot_rows[expert_pos] = torch.arange(n_recv, device=dev)
+    else:
+        expert_x = hidden.new_empty(n_recv, hidden_size)
+        for c in range(chunks):
+            ra, rb = recv_rows[c]
+            works[c].wait()
+            expert_x.index_copy_(0, expert_pos[ra:rb], recv_x[ra:rb])
 
     handle = CombineHandle(
         comm=comm,
+        layout=layout,
         num_tokens=num_tokens,
         top_k=top_k,
         chunk_tokens=chunk_tokens,
@@ -239,13 +266,14 @@ def dispatch(
         expert_pos=expert_pos,
         weights=topk_weights.to(hidden.dtype),
     )
-    return DispatchResult(expert_x, [int(v) for v in tokens_per_slot], handle)
+    return DispatchResult(expert_x, [int(v) for v in tokens_per_slot], handle, slot_rows)
 
 
 def combine(expert_y: torch.Tensor, handle: CombineHandle) -> torch.Tensor:
     """Return the experts' outputs to their tokens: ``[T, H]`` = sum_j w[t, j] * y[t, j].
 
-    ``expert_y`` is ``[N_recv, H]`` in the row order of ``DispatchResult.expert_x``.
+    ``expert_y`` is ``[N_recv, H]`` in the row order of ``DispatchResult.expert_x`` (in the
+    dispatch's layout).
     """
     n_recv = handle.expert_pos.shape[0]
     if expert_y.dim() != 2 or expert_y.shape[0] != n_recv:
@@ -253,12 +281,14 @@ def combine(expert_y: torch.Tensor, handle: CombineHandle) -> torch.Tensor:
     hidden_size = expert_y.shape[1]
     k = handle.top_k
     chunks = len(handle.chunk_tokens)
-    y_send = expert_y.new_empty(n_recv, hidden_size)
+    source_layout = handle.layout == "source"
+    y_send = expert_y.contiguous() if source_layout else expert_y.new_empty(n_recv, hidden_size)
     back = expert_y.new_empty(handle.num_tokens * k, hidden_size)
     works: list[_Waitable] = []
     for c in range(chunks):
         (a, b), (ra, rb) = handle.send_rows[c], handle.recv_rows[c]
-        torch.index_select(expert_y, 0, handle.expert_pos[ra:rb], out=y_send[ra:rb])
+        if not source_layout:
+            torch.index_select(expert_y, 0, handle.expert_pos[ra:rb], out=y_send[ra:rb])
         works.append(
             handle.comm.all_to_all(
                 back[a:b],
@@ -291,12 +321,18 @@ def _choose_replicas(experts: torch.Tensor, placement: DevicePlacement, rank: in
         return placement.log2phy[experts, 0]
     n = experts.shape[0]
     sorted_e, perm = torch.sort(experts, stable=True)
-    per_expert = torch.bincount(experts, minlength=placement.num_experts)
+    per_expert = _count(experts, placement.num_experts)
     first = torch.cumsum(per_expert, 0) - per_expert
     occurrence = torch.empty_like(experts)
     occurrence[perm] = torch.arange(n, device=experts.device) - first[sorted_e]
     replica = (occurrence + rank) % placement.logcnt[experts]
     return placement.log2phy[experts, replica]
+
+
+def _count(values: torch.Tensor, size: int) -> torch.Tensor:
+    """``bincount`` without its host synchronisation on CUDA (it reads the maximum there)."""
+    out = torch.zeros(size, dtype=torch.int64, device=values.device)
+    return out.scatter_add_(0, values, torch.ones_like(values))
 
 
 def _chunk_bounds(num_tokens: int, chunks: int) -> list[int]:

@@ -70,21 +70,35 @@ class ExpertPool:
             mode=mode,
         )
 
-    def __call__(self, x: torch.Tensor, tokens_per_slot: Sequence[int]) -> torch.Tensor:
-        """Outputs ``[N, H]`` for rows ``x [N, H]`` grouped by slot with the given counts."""
+    def __call__(
+        self,
+        x: torch.Tensor,
+        tokens_per_slot: Sequence[int],
+        rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Outputs ``[N, H]`` for rows ``x [N, H]``, in the same row order.
+
+        Without ``rows``, ``x`` is grouped by slot with the given counts. With ``rows`` (the
+        ``slot_rows`` of a ``"source"``-layout dispatch), ``x[rows]`` is.
+        """
         if len(tokens_per_slot) != self.num_slots or sum(tokens_per_slot) != x.shape[0]:
             raise ValueError(
                 f"tokens_per_slot: {len(tokens_per_slot)} slots summing to "
                 f"{sum(tokens_per_slot)}, expected {self.num_slots} slots summing to {x.shape[0]}"
             )
+        if rows is not None:
+            if rows.shape != (x.shape[0],):
+                raise ValueError(f"rows: expected [{x.shape[0]}], got {list(rows.shape)}")
+            grouped = self(x.index_select(0, rows), tokens_per_slot)
+            return torch.empty_like(x).index_copy_(0, rows, grouped)
         if self.mode == "bmm":
             return self._bmm(x, tokens_per_slot)
         out = torch.empty_like(x)
         start = 0
         for s, count in enumerate(tokens_per_slot):
             if count:
-                rows = slice(start, start + count)
-                out[rows] = swiglu_expert(x[rows], self.w_gate_up[s], self.w_down[s])
+                seg = slice(start, start + count)
+                out[seg] = swiglu_expert(x[seg], self.w_gate_up[s], self.w_down[s])
             start += count
         return out
 

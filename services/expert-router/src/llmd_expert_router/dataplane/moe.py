@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from llmd_expert_router.dataplane.dispatch import combine, dispatch
+from llmd_expert_router.dataplane.dispatch import Layout, combine, dispatch
 from llmd_expert_router.dataplane.experts import ExpertPool, swiglu_expert
 from llmd_expert_router.dataplane.layout import DevicePlacement
 
@@ -24,6 +24,7 @@ class EPMoE:
         *,
         group: dist.ProcessGroup | None = None,
         num_chunks: int = 1,
+        layout: Layout = "expert",
     ) -> None:
         if pool.num_slots != placement.slots_per_rank:
             raise ValueError(
@@ -33,6 +34,7 @@ class EPMoE:
         self.placement = placement
         self.group = group
         self.num_chunks = num_chunks
+        self.layout: Layout = layout
         self.last_tokens_per_slot: list[int] = []  # this rank's slot loads in the last call
 
     def __call__(
@@ -45,9 +47,11 @@ class EPMoE:
             self.placement,
             group=self.group,
             num_chunks=self.num_chunks,
+            layout=self.layout,
         )
         self.last_tokens_per_slot = routed.tokens_per_slot
-        return combine(self.pool(routed.expert_x, routed.tokens_per_slot), routed.handle)
+        y = self.pool(routed.expert_x, routed.tokens_per_slot, routed.slot_rows)
+        return combine(y, routed.handle)
 
 
 def reference_moe(

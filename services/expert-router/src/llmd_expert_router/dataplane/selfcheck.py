@@ -29,6 +29,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from llmd_expert_router.balancer import rebalance
+from llmd_expert_router.dataplane.dispatch import Layout
 from llmd_expert_router.dataplane.experts import ExpertPool, GroupedMode
 from llmd_expert_router.dataplane.layout import DevicePlacement
 from llmd_expert_router.dataplane.moe import EPMoE, reference_moe
@@ -57,6 +58,7 @@ class Case:
     active_experts: int | None = None  # restrict choices to the first n experts
     chunks: int = 1
     mode: GroupedMode = "loop"
+    layout: Layout = "expert"
     dtype: str = "float32"
     bad_rank: int | None = None  # this rank sends an out-of-range expert id
 
@@ -73,6 +75,14 @@ CASES: tuple[Case, ...] = (
         redundant_per_rank=2,
         chunks=3,
         mode="bmm",
+    ),
+    Case(
+        "replicas_pipelined_source_layout_fp32",
+        tokens=(64, 17, 0, 90),
+        zipf=1.2,
+        redundant_per_rank=2,
+        chunks=2,
+        layout="source",
     ),
     Case(
         "replicas_bf16",
@@ -150,7 +160,9 @@ def run_case(case: Case, rank: int, world: int, device: torch.device) -> Result:
     pool = ExpertPool.from_logical(
         w_gate_up.to(device), w_down.to(device), layer, rank, mode=case.mode
     )
-    moe = EPMoE(pool, DevicePlacement.build(layer, device), num_chunks=case.chunks)
+    moe = EPMoE(
+        pool, DevicePlacement.build(layer, device), num_chunks=case.chunks, layout=case.layout
+    )
     try:
         out = moe(x.to(device), ids.to(device), weights.to(device)).cpu()
     except ValueError as exc:
