@@ -32,6 +32,19 @@ def test_eplb_placement_smoke(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
+def test_rank_routing_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "rank.json"
+    r = _run("rank_routing.py", "--smoke", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(out.read_text())["results"]
+    policies = {row["policy"] for row in rows}
+    assert {"least_load", "prefix", "balanced(w=1)"} <= policies
+    by = {row["policy"]: row for row in rows}
+    # Routing to cached prefixes recomputes less than least-load on shared-prefix traffic.
+    assert by["balanced(w=1)"]["cache_hit_fraction"] > by["least_load"]["cache_hit_fraction"]
+
+
+@pytest.mark.integration
 def test_moe_dispatch_smoke_on_cpu_with_gloo(tmp_path: Path) -> None:
     pytest.importorskip("torch", reason="the dispatch benchmark needs torch (`make torch`)")
     out = tmp_path / "dispatch.json"
