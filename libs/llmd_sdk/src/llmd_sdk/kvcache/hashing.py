@@ -171,7 +171,11 @@ class BlockHasher:
         plain = lora_name is None and cache_salt is None
         hash_fn, none_hash = self.hash_fn, self.none_hash
         for i in range(n_full):
-            extra = None if plain else self.extra_keys(start_block + i, lora_name, lora_path, cache_salt)
+            extra = (
+                None
+                if plain
+                else self.extra_keys(start_block + i, lora_name, lora_path, cache_salt)
+            )
             prev = hash_fn((prev or none_hash, tuple(token_ids[i * bs : (i + 1) * bs]), extra))
             hashes.append(prev)
         return hashes
