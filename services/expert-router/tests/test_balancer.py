@@ -27,6 +27,23 @@ def test_replicate_minimises_the_heaviest_replica(seed: int) -> None:
     )
 
 
+def test_replicate_caps_replicas_at_the_gpus_they_can_spread_over() -> None:
+    assert replicate([80.0, 7.0, 1.0], 6).tolist() == [4, 1, 1]
+    assert replicate([80.0, 7.0, 1.0], 6, max_count=2).tolist() == [2, 2, 2]
+    # A cap too tight to use every slot is relaxed evenly rather than leaving slots empty.
+    assert replicate([80.0, 7.0], 6, max_count=2).tolist() == [3, 3]
+
+
+def test_a_hot_expert_on_two_gpus_is_not_replicated_three_times() -> None:
+    # 8 experts, 2 GPUs x 5 slots: a third replica of the hot expert would share a GPU with
+    # another; capped at 2, the balancer reaches near-perfect balance (54 vs a mean of 54).
+    t = Topology(num_layers=1, num_logical_experts=8, num_ranks=2, slots_per_rank=5)
+    load = [[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 80.0]]
+    p = rebalance(load, t)
+    assert p.logcnt[0, 7] == 2
+    assert p.imbalance(load) < 1.02
+
+
 def test_replicate_needs_a_slot_per_item() -> None:
     with pytest.raises(PlacementError, match=r"^num_slots:"):
         replicate([1.0, 2.0, 3.0], 2)

@@ -43,7 +43,7 @@ def counts(seed: int = 0) -> list[list[int]]:
 
 
 async def test_health_ready_and_initial_plan(client: httpx.AsyncClient) -> None:
-    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    assert (await client.get("/healthz")).json() == {"status": "SERVING"}
     assert (await client.get("/readyz")).status_code == 200
     plan = (await client.get("/v1/plan")).json()
     assert plan["version"] == 1 and plan["reason"] == "initial"
@@ -116,6 +116,6 @@ async def test_metrics_expose_imbalance_and_plan_version(client: httpx.AsyncClie
 
 async def test_readiness_drops_when_shutting_down(client: httpx.AsyncClient) -> None:
     app = client._transport.app  # type: ignore[attr-defined]
-    app.state.shutting_down = True
+    app.state.health.shutdown()
     r = await client.get("/readyz")
-    assert r.status_code == 503 and r.json()["status"] == "shutting down"
+    assert r.status_code == 503 and r.json()["status"] == "NOT_SERVING"

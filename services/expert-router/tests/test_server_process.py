@@ -96,9 +96,9 @@ def test_offline_plan_writes_the_plan_and_reports_the_gain(tmp_path: Path) -> No
     ("args", "env", "message"),
     [
         (["--num-redundant", "3"], {}, "num_redundant: 256 experts + 3 replicas"),
-        (["--port", "x"], {}, "port: Input should be a valid integer"),
-        ([], {"LLMD_EXPERT_ROUTER_MIN_IMPROVEMENT": "2"}, "min_improvement: Input should be less"),
-        (["--policy", "best"], {}, "policy: Input should be"),
+        (["--port", "x"], {}, "port: must be an integer (got x)"),
+        ([], {"LLMD_EXPERT_ROUTER_MIN_IMPROVEMENT": "2"}, "min_improvement: must be < 1 (got 2)"),
+        (["--policy", "best"], {}, "policy: must be one of"),
         (["--num-nodes", "3"], {}, "num_nodes: must divide num_ranks=32"),
     ],
 )
@@ -113,7 +113,8 @@ def test_bad_settings_exit_2_with_one_line(
         monkeypatch.setenv(k, v)
     assert main(args) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], lines
+    assert len(lines) == 1 and lines[0].startswith("llmd-expert-router: "), lines
+    assert message in lines[0], lines
 
 
 @pytest.mark.integration
@@ -121,5 +122,5 @@ def test_offline_plan_needs_a_load_file() -> None:
     r = _cli("plan", *SMALL)  # a real process: the exit status and stderr as a shell sees them
     assert (
         r.returncode == 2
-        and r.stderr.strip() == "llmd-expert-router: load_file: required by `plan`"
+        and r.stderr.strip() == "llmd-expert-router plan: load_file: required by `plan`"
     )

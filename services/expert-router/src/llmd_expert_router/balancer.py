@@ -7,7 +7,8 @@ Hierarchical (``num_groups`` divisible by ``num_nodes``, several nodes)
        per node, balancing node load. Tokens routed to one group then stay inside one node.
     2. Inside each node, give the node's ``P / N`` slots to its experts: every expert gets one
        and each extra slot goes to the expert whose per-replica load is currently highest
-       (greedy; optimal for minimising the heaviest replica).
+       (greedy; optimal for minimising the heaviest replica), but no expert gets more replicas
+       than the node has GPUs (more could not split any GPU's load further).
     3. Pack the node's replicas onto its GPUs, the same number of slots per GPU, balancing GPU
        load.
 
@@ -44,23 +45,29 @@ from llmd_expert_router.placement import (
 _EPS = 1e-9
 
 
-def replicate(weights: npt.ArrayLike, num_slots: int) -> IntArray:
+def replicate(weights: npt.ArrayLike, num_slots: int, max_count: int | None = None) -> IntArray:
     """Replica count per item such that the heaviest ``weight / count`` is as small as possible.
 
     Every item gets one slot; each of the remaining ``num_slots - n`` goes to the item with the
-    largest per-replica weight at that moment (ties to the lower index).
+    largest per-replica weight at that moment (ties to the lower index), among items below
+    ``max_count`` replicas. The balancer caps replicas at the number of GPUs they can spread
+    over: two replicas on one GPU do not split that GPU's load.
     """
     w = np.asarray(weights, dtype=np.float64)
     n = w.shape[0]
     if num_slots < n:
         raise PlacementError(f"num_slots: {num_slots} slots cannot hold {n} experts")
+    cap = num_slots if max_count is None else max(1, max_count)
+    if n * cap < num_slots:
+        cap = -(-num_slots // n)  # every slot must be used: relax the cap evenly
     counts = np.ones(n, dtype=np.int64)
     heap = [(-float(w[i]), i) for i in range(n)]
     heapq.heapify(heap)
     for _ in range(num_slots - n):
         _, i = heapq.heappop(heap)
         counts[i] += 1
-        heapq.heappush(heap, (-float(w[i]) / float(counts[i]), i))
+        if counts[i] < cap:
+            heapq.heappush(heap, (-float(w[i]) / float(counts[i]), i))
     return counts
 
 
@@ -192,7 +199,7 @@ def _balance_layer(w: FloatArray, t: Topology, hierarchical: bool, refine: bool)
     for node in range(nodes):
         node_groups = np.flatnonzero(node_of_group == node)
         experts = (node_groups[:, None] * group_size + np.arange(group_size)).ravel()
-        counts = replicate(w[experts], slots_per_node)
+        counts = replicate(w[experts], slots_per_node, max_count=ranks_per_node)
         item_expert = np.repeat(experts, counts)
         item_weight = np.repeat(w[experts] / counts, counts)
         rank_of_item = pack(item_weight, ranks_per_node, item_expert, refine=refine)

@@ -1,56 +1,59 @@
-"""Settings of the expert-router service: flags override ``LLMD_EXPERT_ROUTER_*`` variables."""
+"""Settings of the expert-router: flags, then ``LLMD_EXPERT_ROUTER_*`` variables, then a YAML
+file (``--config FILE``), then defaults (``llmd_sdk.settings``)."""
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from pydantic import Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from llmd_sdk.settings import ServiceSettings, SettingsConfigDict
+from pydantic import Field
 
-from llmd_expert_router.placement import PlacementError, Topology
+from llmd_expert_router.placement import Topology
 from llmd_expert_router.planner import Policy
 
 ENV_PREFIX = "LLMD_EXPERT_ROUTER_"
 
 
-class ConfigError(ValueError):
-    """A bad setting; the message is one line naming the field."""
-
-
-class Settings(BaseSettings):
+class Settings(ServiceSettings):
     """Service settings. Defaults describe a DeepSeek-V3 prefill group (EP32 over 4 nodes)."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX)
 
     host: str = "0.0.0.0"
+    """Address the HTTP API listens on."""
     port: int = Field(8095, ge=0, le=65535)
-    num_layers: int = Field(58, ge=1, description="MoE layers")
-    num_experts: int = Field(256, ge=1, description="routed (logical) experts per layer")
-    num_groups: int = Field(8, ge=0, description="expert groups (0: none)")
-    num_ranks: int = Field(32, ge=1, description="EP ranks (GPUs) in the group")
-    num_nodes: int = Field(4, ge=1, description="nodes the ranks are spread over")
-    num_redundant: int = Field(32, ge=0, description="extra slots for replicas of hot experts")
+    """Port of the HTTP API, /metrics and health (0: any free port)."""
+    num_layers: int = Field(58, ge=1)
+    """MoE layers of the model."""
+    num_experts: int = Field(256, ge=1)
+    """Routed (logical) experts per layer."""
+    num_groups: int = Field(8, ge=0)
+    """Expert groups of group-limited routing (0: none)."""
+    num_ranks: int = Field(32, ge=1)
+    """EP ranks (GPUs) in the group."""
+    num_nodes: int = Field(4, ge=1)
+    """Nodes the ranks are spread over (ranks are numbered node by node)."""
+    num_redundant: int = Field(32, ge=0)
+    """Extra expert slots for replicas of hot experts (experts + these divide over the ranks)."""
     policy: Policy = Policy.AUTO
+    """Balancing policy: auto (hierarchical when groups divide over nodes), hierarchical, global."""
     min_improvement: float = Field(0.05, ge=0.0, lt=1.0)
-    window_s: float = Field(600.0, gt=0.0, description="load window length")
-    rebalance_interval_s: float = Field(60.0, ge=0.0, description="0 disables periodic rounds")
+    """Relative imbalance reduction a new plan must bring to be published."""
+    window_s: float = Field(600.0, gt=0.0)
+    """Length of the sliding load window, seconds."""
+    rebalance_interval_s: float = Field(60.0, ge=0.0)
+    """Seconds between rebalance rounds (0: only on POST /v1/rebalance)."""
     history_size: int = Field(16, ge=1)
-    load_file: Path | None = Field(None, description="JSON or .npy [L, E] counts read at start")
+    """Published plans kept for GET /v1/plans."""
+    load_file: Path | None = None
+    """JSON ([[...]] or {"counts": [[...]]}) or .npy [layers, experts] counts, planned at start."""
     log_level: str = "info"
+    """Log level."""
     log_format: str = Field("json", pattern="^(json|console)$")
-
-    @model_validator(mode="after")
-    def _topology_is_consistent(self) -> Settings:
-        try:
-            self.topology()
-        except PlacementError as exc:
-            raise ValueError(str(exc)) from None
-        return self
+    """json (one object per line) or console."""
 
     def topology(self) -> Topology:
+        """The EP group's shape; ``PlacementError`` (naming the field) if the numbers clash."""
         return Topology.with_redundant(
             num_layers=self.num_layers,
             num_logical_experts=self.num_experts,
@@ -61,41 +64,8 @@ class Settings(BaseSettings):
         )
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One ``--flag`` per setting; unset flags fall back to the environment, then defaults."""
-    for name, info in Settings.model_fields.items():
-        flag = "--" + name.replace("_", "-")
-        help_text = info.description or ""
-        default = info.default
-        help_text = f"{help_text} (env {ENV_PREFIX}{name.upper()}, default {default})".strip()
-        parser.add_argument(flag, dest=name, default=None, help=help_text)
+class PlanSettings(Settings):
+    """Settings of ``llmd-expert-router plan`` (offline, one plan from ``load_file``)."""
 
-
-def load_settings(namespace: argparse.Namespace | None = None) -> Settings:
-    """Settings from flags and environment; ``ConfigError`` with one line on a bad value."""
-    overrides: dict[str, Any] = {}
-    if namespace is not None:
-        overrides = {
-            k: v for k, v in vars(namespace).items() if k in Settings.model_fields and v is not None
-        }
-    try:
-        return Settings(**overrides)
-    except ValidationError as exc:
-        raise ConfigError(_one_line(exc)) from None
-
-
-def _one_line(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    field = ".".join(str(p) for p in err.get("loc", ()))
-    msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-    # Cross-field errors carry no location; their message already starts with the field.
-    return f"{field}: {msg}" if field else msg
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="llmd-expert-router",
-        description="Expert placement service for wide expert-parallel MoE deployments.",
-    )
-    add_arguments(parser)
-    return parser.parse_args(argv)
+    out: Path | None = None
+    """Write the plan as JSON here."""

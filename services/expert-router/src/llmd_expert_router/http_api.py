@@ -8,7 +8,7 @@ Routes:
     GET  /v1/plans            published plans, newest first (summaries)
     GET  /v1/plans/{version}  one published plan in full
     GET  /v1/topology         the EP group's shape
-    GET  /healthz /readyz     liveness; readiness (a plan exists and not shutting down)
+    GET  /healthz /readyz     liveness; readiness (a plan exists, not shutting down)
     GET  /metrics             Prometheus exposition
 
 Errors are ``{"error": "<field>: <what is wrong>"}`` with status 400/404/422.
@@ -20,8 +20,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi.responses import JSONResponse
+from llmd_sdk.health import HealthState, add_health_routes
+from llmd_sdk.telemetry import add_metrics_route
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmd_expert_router.placement import PlacementError
@@ -47,10 +48,14 @@ def plan_json(plan: Plan) -> dict[str, Any]:
 
 
 def create_app(service: ExpertRouterService) -> FastAPI:
-    """The FastAPI app serving ``service``; ``app.state.shutting_down`` gates readiness."""
+    """The FastAPI app serving ``service``; ``app.state.health`` holds liveness and readiness
+    (``health.shutdown()`` on SIGTERM turns both to 503)."""
     app = FastAPI(title="llmd-expert-router", docs_url=None, redoc_url=None)
+    health = HealthState(ready=service.current is not None)
     app.state.service = service
-    app.state.shutting_down = False
+    app.state.health = health
+    add_health_routes(app, health)
+    add_metrics_route(app, service.metrics.registry)
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -63,22 +68,6 @@ def create_app(service: ExpertRouterService) -> FastAPI:
     @app.exception_handler(PlacementError)
     async def _placement_error(_: Request, exc: PlacementError) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=400)
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz")
-    async def readyz() -> JSONResponse:
-        if app.state.shutting_down:
-            return JSONResponse({"status": "shutting down"}, status_code=503)
-        if service.current is None:
-            return JSONResponse({"status": "no plan"}, status_code=503)
-        return JSONResponse({"status": "ready"})
-
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/loads", status_code=202)
     async def push_load(body: LoadReportIn) -> dict[str, Any]:

@@ -2,53 +2,32 @@
 
 ``llmd-expert-router [flags]`` serves the placement API (see ``http_api``).
 ``llmd-expert-router plan --load-file counts.json [flags] [--out plan.json]`` computes one plan
-offline and prints its imbalance against a round-robin layout.
+offline and prints its imbalance against a round-robin layout. Exit status 2 on bad settings
+(one line per problem on stderr).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
-import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from types import FrameType
 
 import structlog
 import uvicorn
+from llmd_sdk.settings import SettingsError, load_settings
+from llmd_sdk.telemetry import configure_logging
 
 from llmd_expert_router import __version__
-from llmd_expert_router.config import ConfigError, Settings, add_arguments, load_settings
+from llmd_expert_router.config import PlanSettings, Settings
 from llmd_expert_router.http_api import create_app, plan_json
 from llmd_expert_router.placement import PlacementError
 from llmd_expert_router.service import ExpertRouterService, read_load_file
 
 log = structlog.get_logger("llmd_expert_router")
-
-
-def configure_logging(level: str, fmt: str) -> None:
-    """structlog to stderr, JSON lines (or console) at ``level``."""
-    lvl = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
-    renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer()
-        if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=False)
-    )
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=False,
-    )
 
 
 def build_service(settings: Settings) -> ExpertRouterService:
@@ -93,11 +72,11 @@ async def serve(settings: Settings) -> None:
         app,
         host=settings.host,
         port=settings.port,
-        log_level=settings.log_level.lower(),
+        log_config=None,  # uvicorn logs through configure_logging's handler
         access_log=False,
         lifespan="off",
     )
-    server = _Server(config, on_exit=lambda: setattr(app.state, "shutting_down", True))
+    server = _Server(config, on_exit=app.state.health.shutdown)
     periodic = None
     if settings.rebalance_interval_s > 0:
         periodic = asyncio.create_task(service.run_periodic(settings.rebalance_interval_s))
@@ -118,41 +97,42 @@ async def serve(settings: Settings) -> None:
         log.info("stopped")
 
 
-def plan_offline(settings: Settings, out: Path | None) -> dict[str, object]:
+def plan_offline(settings: PlanSettings) -> dict[str, object]:
     """Plan once for ``settings.load_file``; return the summary, write the plan to ``out``."""
     if settings.load_file is None:
-        raise ConfigError("load_file: required by `plan`")
+        raise PlacementError("load_file: required by `plan`")
     service = build_service(settings)
     service.report("file", read_load_file(settings.load_file))
     decision = asyncio.run(service.rebalance(force=True))
     assert decision.plan is not None
-    summary = decision.to_dict()
-    if out is not None:
-        out.write_text(json.dumps(plan_json(decision.plan)))
-    return summary
+    if settings.out is not None:
+        settings.out.write_text(json.dumps(plan_json(decision.plan)))
+    return decision.to_dict()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if "--version" in args:
+        print(__version__)
+        return 0
     offline = bool(args) and args[0] == "plan"
-    parser = argparse.ArgumentParser(
-        prog="llmd-expert-router" + (" plan" if offline else ""),
-        description=__doc__.splitlines()[0] if __doc__ else None,
-    )
-    add_arguments(parser)
-    if offline:
-        parser.add_argument("--out", type=Path, default=None, help="write the plan JSON here")
-    parser.add_argument("--version", action="version", version=__version__)
-    ns = parser.parse_args(args[1:] if offline else args)
+    prog = "llmd-expert-router" + (" plan" if offline else "")
     try:
-        settings = load_settings(ns)
-        configure_logging(settings.log_level, settings.log_format)
         if offline:
-            print(json.dumps(plan_offline(settings, ns.out)))
+            plan_settings = load_settings(PlanSettings, args[1:], prog=prog)
+            configure_logging("expert-router", plan_settings.log_level, json=False)
+            print(json.dumps(plan_offline(plan_settings)))
             return 0
+        settings = load_settings(Settings, args, prog=prog)
+        settings.topology()  # cross-field check before anything starts
+        configure_logging("expert-router", settings.log_level, json=settings.log_format == "json")
         asyncio.run(serve(settings))
-    except (ConfigError, PlacementError) as exc:
-        print(f"llmd-expert-router: {exc}", file=sys.stderr)
+    except SettingsError as exc:
+        for line in exc.lines:
+            print(f"{prog}: {line}", file=sys.stderr)
+        return 2
+    except PlacementError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
         return 2
     return 0
 
