@@ -34,6 +34,9 @@ from llmd_sdk.extproc.messages import (
 )
 from llmd_sdk.extproc.modes import BodyMode
 from llmd_sdk.extproc.reply import CONTINUE, Reply
+from llmd_sdk.telemetry.logging import get_logger
+
+_log = get_logger("llmd_sdk.extproc")
 
 # Envoy recommends streamed body responses of at most 64 KiB.
 STREAMED_CHUNK_BYTES = 64 * 1024
@@ -107,7 +110,13 @@ class ExtProcStream:
         """The stream ended; `complete` is False when it was cancelled or broke mid-way."""
 
     def on_error(self, exc: BaseException) -> None:
-        """A hook raised. Override to log; the client gets a 500 with an OpenAI error body."""
+        """A hook raised: the client gets a 500 with an OpenAI error body; this logs it."""
+        _log.error(
+            "ext_proc hook failed",
+            service=self.service_name,
+            request_id=self.request_headers.get("x-request-id"),
+            exc_info=exc,
+        )
 
     # ------------------------------------------------------------ choreography
     async def run(

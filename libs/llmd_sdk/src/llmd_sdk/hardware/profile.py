@@ -56,7 +56,8 @@ class HardwareProfile(BaseModel):
     accelerator: Accelerator
     devices: list[AcceleratorDevice] = Field(default_factory=list)
     cpu: CPUInfo
-    # How each vendor was probed or why it was not found ("nvml", "nvidia-smi", "sysfs", "absent: ...").
+    # How each vendor was probed or why it was not found: "nvml", "nvidia-smi", "sysfs",
+    # "absent: ...".
     detection: dict[str, str] = Field(default_factory=dict)
 
     @property

@@ -1,0 +1,234 @@
+"""The dev gateway: the test harness's Envoy, not a product.
+
+For each HTTP request it does what Envoy does in front of an InferencePool with the Gateway API
+Inference Extension: run BBR over ext_proc, route on the model header BBR set to that model's
+pool, run the pool's EPP over ext_proc, forward to the endpoint the EPP picked (falling back
+along its list on connect failure), report the served endpoint on the response path, and stream
+the response back through the EPP. It exists so that the whole stack runs, and is tested, on one
+machine without Envoy; in a cluster Envoy (Istio, kgateway, GKE) takes its place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import httpx
+from llmd_sdk.extproc import EnvoyClient, Exchange, LocalReply
+from llmd_sdk.openai import error_json
+from llmd_sdk.telemetry import get_logger, get_tracer, inject_headers
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from llmd.gateway.config import GatewayConfig
+
+DESTINATION = "x-gateway-destination-endpoint"
+SERVED = "x-gateway-destination-endpoint-served"
+SUBSET = "x-gateway-destination-endpoint-subset"
+# A test and debugging aid: a request header the gateway turns into Envoy's subset-hint metadata.
+SUBSET_HINT_HEADER = "x-llmd-subset-hint"
+
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+
+log = get_logger("llmd.gateway")
+
+
+def _json_reply(status: int, message: str, code: Any = None) -> Response:
+    return Response(error_json(status, message, code=code), status, media_type="application/json")
+
+
+def _local(reply: LocalReply) -> Response:
+    headers = {k: v for k, v in reply.headers.items() if not k.startswith(":")}
+    headers.pop("content-length", None)
+    return Response(reply.body, reply.status, headers=headers)
+
+
+def _downstream_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if not k.startswith(":") and k not in _HOP_BY_HOP}
+
+
+class Gateway:
+    """Owns the ext_proc clients and the upstream HTTP client; `app` is the ASGI app."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.bbr = EnvoyClient([config.bbr.filter("bbr")]) if config.bbr else None
+        self.epps = {p.name: EnvoyClient([p.epp.filter(f"epp/{p.name}")]) for p in config.pools}
+        self.http = httpx.AsyncClient(
+            timeout=httpx.Timeout(
+                config.upstream_read_timeout_s, connect=config.upstream_connect_timeout_s
+            ),
+            limits=httpx.Limits(max_connections=2048, max_keepalive_connections=512),
+        )
+        self.tracer = get_tracer("llmd.gateway")
+        self.app = Starlette(
+            routes=[
+                Route("/healthz", self._healthz, methods=["GET"]),
+                Route("/{path:path}", self.handle, methods=["GET", "POST", "PUT", "DELETE"]),
+            ],
+            lifespan=self._lifespan,
+        )
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        yield
+        await self.aclose()
+
+    async def _healthz(self, request: Request) -> Response:
+        return Response(b"ok", media_type="text/plain")
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+        for client in [*self.epps.values(), *([self.bbr] if self.bbr else [])]:
+            await client.close()
+
+    async def handle(self, request: Request) -> Response:
+        started = time.perf_counter()
+        body = await request.body()
+        if len(body) > self.config.max_request_body_bytes:
+            return _json_reply(413, "request body too large")
+        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        headers: dict[str, str] = {
+            ":method": request.method,
+            ":path": path,
+            ":authority": request.headers.get("host", "gateway"),
+            ":scheme": "http",
+            **{k.lower(): v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP},
+        }
+        headers.setdefault("x-request-id", str(uuid.uuid4()))
+        chunks = [body] if body else []
+        exchanges: list[Exchange] = []
+        with self.tracer.start_as_current_span(
+            "gateway " + request.method + " " + request.url.path
+        ):
+            inject_headers(headers)
+            try:
+                response = await self._route(request, headers, chunks, exchanges, started)
+            except BaseException:
+                await asyncio.gather(*(ex.close(cancel=True) for ex in exchanges))
+                raise
+        return response
+
+    async def _route(
+        self,
+        request: Request,
+        headers: dict[str, str],
+        chunks: list[bytes],
+        exchanges: list[Exchange],
+        started: float,
+    ) -> Response:
+        cfg = self.config
+        if self.bbr is not None:
+            bbr_ex = self.bbr.exchange()
+            exchanges.append(bbr_ex)
+            out = await bbr_ex.process_request(headers, chunks)
+            if out.local_reply is not None:
+                await bbr_ex.close()
+                return _local(out.local_reply)
+            headers, chunks = out.headers, ([out.body] if out.body else [])
+        model = headers.get(cfg.model_header)
+        pool = cfg.route(model)
+        if pool is None:
+            await asyncio.gather(*(ex.close() for ex in exchanges))
+            if model is None:
+                return _json_reply(404, f"no route for {request.url.path}")
+            return _json_reply(404, f"The model `{model}` does not exist.")
+        epp_ex = self.epps[pool.name].exchange()
+        exchanges.append(epp_ex)
+        metadata = None
+        hint = headers.pop(SUBSET_HINT_HEADER, None)
+        if hint is not None:
+            subset = [e.strip() for e in hint.split(",") if e.strip()]
+            metadata = {"envoy.lb.subset_hint": {SUBSET: subset}}
+        picked = await epp_ex.process_request(headers, chunks, metadata=metadata)
+        if picked.local_reply is not None:
+            await asyncio.gather(*(ex.close() for ex in exchanges))
+            return _local(picked.local_reply)
+        destination = picked.headers.get(DESTINATION) or str(
+            picked.dynamic_metadata.get("envoy.lb", {}).get(DESTINATION, "")
+        )
+        candidates = [e.strip() for e in destination.split(",") if e.strip()]
+        if not candidates:
+            await asyncio.gather(*(ex.close() for ex in exchanges))
+            return _json_reply(503, f"the endpoint picker of pool {pool.name} picked no endpoint")
+        upstream, served = await self._connect(
+            request.method, picked.headers, picked.body, candidates
+        )
+        if upstream is None:
+            await asyncio.gather(*(ex.close() for ex in exchanges))
+            return _json_reply(503, f"upstream connect error: none of {destination} answered")
+        served_md = {"envoy.lb": {SERVED: served}}
+        resp_headers = dict(upstream.headers)
+        for ex in reversed(exchanges):
+            rh = await ex.process_response_headers(
+                upstream.status_code, resp_headers, end_of_stream=False, metadata=served_md
+            )
+            if rh.local_reply is not None:
+                await upstream.aclose()
+                await asyncio.gather(*(e.close() for e in exchanges))
+                return _local(rh.local_reply)
+            resp_headers = rh.headers
+        status = int(resp_headers.get(":status", upstream.status_code))
+        log.debug(
+            "routed",
+            model=model,
+            pool=pool.name,
+            endpoint=served,
+            status=status,
+            pick_ms=round((time.perf_counter() - started) * 1e3, 3),
+        )
+        return StreamingResponse(
+            self._stream_back(upstream, exchanges),
+            status_code=status,
+            headers=_downstream_headers(resp_headers),
+        )
+
+    async def _connect(
+        self, method: str, headers: Mapping[str, str], body: bytes, candidates: list[str]
+    ) -> tuple[httpx.Response | None, str]:
+        """Send to the first candidate that accepts the connection (Envoy's host fallback)."""
+        path = headers.get(":path", "/")
+        fwd = _downstream_headers(headers)
+        for endpoint in candidates:
+            req = self.http.build_request(
+                method, f"http://{endpoint}{path}", headers=fwd, content=body
+            )
+            try:
+                return await self.http.send(req, stream=True), endpoint
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                log.warning("upstream connect failed", endpoint=endpoint, error=str(exc))
+        return None, ""
+
+    async def _stream_back(
+        self, upstream: httpx.Response, exchanges: list[Exchange]
+    ) -> AsyncIterator[bytes]:
+        cancelled = True
+        try:
+            body: AsyncIterator[bytes] = upstream.aiter_raw()
+            for ex in reversed(exchanges):
+                body = ex.process_response_body(body)
+            async for chunk in body:
+                yield chunk
+            cancelled = False
+        finally:
+            await upstream.aclose()
+            await asyncio.gather(*(ex.close(cancel=cancelled) for ex in exchanges))

@@ -1,0 +1,235 @@
+"""The dev gateway against real ext_proc processors and real upstream HTTP servers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from llmd_sdk.extproc import (
+    CONTINUE,
+    ExtProcStream,
+    GrpcServer,
+    Headers,
+    Reply,
+    StreamContext,
+    error_response,
+    ext_proc_registrar,
+)
+from llmd_sdk.openai import parse_request, peek_model
+from llmd_sdk.telemetry import setup_tracing
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from llmd.gateway import Gateway, GatewayConfig
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@asynccontextmanager
+async def _http_server(app: Any, port: int) -> AsyncIterator[None]:
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        await task
+
+
+def _engine_app(name: str) -> Starlette:
+    """An upstream engine that reports who it is and what it received."""
+
+    async def completions(request: Request) -> Response:
+        body = await request.json()
+        if body.get("stream"):
+
+            async def sse() -> AsyncIterator[bytes]:
+                for i in range(3):
+                    yield f"data: {json.dumps({'engine': name, 'i': i})}\n\n".encode()
+                yield b"data: [DONE]\n\n"
+
+            return StreamingResponse(sse(), media_type="text/event-stream")
+        return JSONResponse(
+            {
+                "engine": name,
+                "model": body["model"],
+                "headers": {
+                    k: v
+                    for k, v in request.headers.items()
+                    if k.startswith("x-") or k == "traceparent"
+                },
+            }
+        )
+
+    return Starlette(routes=[Route("/v1/{rest:path}", completions, methods=["POST"])])
+
+
+class FakeBBR(ExtProcStream):
+    async def on_request_body(self, headers: Headers, body: bytes) -> Reply:
+        if not body:
+            return CONTINUE
+        model = peek_model(body)
+        return Reply(set_headers={"x-gateway-model-name": model or ""}, clear_route_cache=True)
+
+
+class FakeEPP(ExtProcStream):
+    """Picks what the test says, and reports the served endpoint back as a header."""
+
+    picks: dict[str, str]
+    served_seen: list[str]
+
+    async def on_request_body(self, headers: Headers, body: bytes) -> Reply:
+        req = parse_request(body, headers.get(":path", ""))
+        prompt = req.messages[-1].text() if hasattr(req, "messages") else req.prompt_text()
+        if prompt == "shed":
+            return Reply(immediate=error_response(429, "shed"))
+        subset = self.context.metadata.get("envoy.lb.subset_hint", {}).get(
+            "x-gateway-destination-endpoint-subset"
+        )
+        dest = ",".join(subset) if subset else self.picks[prompt]
+        return Reply(
+            set_headers={"x-gateway-destination-endpoint": dest},
+            dynamic_metadata={"envoy.lb": {"x-gateway-destination-endpoint": dest}},
+        )
+
+    async def on_response_headers(self, headers: Headers, end_of_stream: bool) -> Reply:
+        served = self.context.metadata.get("envoy.lb", {}).get(
+            "x-gateway-destination-endpoint-served", ""
+        )
+        self.served_seen.append(served)
+        return Reply(set_headers={"x-served-by": served})
+
+
+@pytest.fixture
+async def stack() -> AsyncIterator[dict[str, Any]]:
+    ports = {name: _free_port() for name in ("e1", "e2", "gw")}
+    dead = f"127.0.0.1:{_free_port()}"
+    e1, e2 = f"127.0.0.1:{ports['e1']}", f"127.0.0.1:{ports['e2']}"
+    picks = {"one": e1, "two": e2, "fallback": f"{dead},{e2}", "nothing": dead}
+    served: list[str] = []
+
+    def epp_factory(ctx: StreamContext) -> ExtProcStream:
+        s = FakeEPP(ctx)
+        s.picks, s.served_seen = picks, served
+        return s
+
+    bbr_srv = GrpcServer("127.0.0.1:0", [ext_proc_registrar(FakeBBR)[1]])
+    epp_srv = GrpcServer("127.0.0.1:0", [ext_proc_registrar(epp_factory)[1]])
+    await bbr_srv.start()
+    await epp_srv.start()
+    cfg = GatewayConfig.model_validate(
+        {
+            "port": ports["gw"],
+            "bbr": {"target": f"127.0.0.1:{bbr_srv.port}", "response_header_mode": "SKIP"},
+            "pools": [
+                {
+                    "name": "pool-a",
+                    "models": ["llama", "llama-lora"],
+                    "epp": {
+                        "target": f"127.0.0.1:{epp_srv.port}",
+                        "response_body_mode": "FULL_DUPLEX_STREAMED",
+                    },
+                }
+            ],
+        }
+    )
+    setup_tracing("gateway-test", exporter=InMemorySpanExporter())
+    gw = Gateway(cfg)
+    async with (
+        _http_server(_engine_app("e1"), ports["e1"]),
+        _http_server(_engine_app("e2"), ports["e2"]),
+        _http_server(gw.app, ports["gw"]),
+    ):
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{ports['gw']}", timeout=10
+        ) as client:
+            yield {"client": client, "e1": e1, "e2": e2, "served": served}
+    await bbr_srv.stop(0)
+    await epp_srv.stop(0)
+
+
+def _chat(prompt: str, model: str = "llama", **extra: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": prompt}], **extra}
+
+
+async def test_routes_through_bbr_and_epp_to_the_picked_engine(stack: dict[str, Any]) -> None:
+    client = stack["client"]
+    for prompt, engine in (("one", "e1"), ("two", "e2")):
+        r = await client.post(
+            "/v1/chat/completions", json=_chat(prompt), headers={"x-request-id": "r-1"}
+        )
+        assert r.status_code == 200, r.text
+        doc = r.json()
+        assert doc["engine"] == engine
+        assert doc["headers"]["x-gateway-model-name"] == "llama"
+        assert doc["headers"]["x-gateway-destination-endpoint"] == stack[engine]
+        assert doc["headers"]["x-request-id"] == "r-1"
+        assert doc["headers"]["traceparent"].startswith("00-")  # the gateway span propagates
+        assert r.headers["x-served-by"] == stack[engine]
+
+
+async def test_falls_back_along_the_picked_list_and_reports_the_served_endpoint(
+    stack: dict[str, Any],
+) -> None:
+    r = await stack["client"].post("/v1/chat/completions", json=_chat("fallback"))
+    assert r.status_code == 200
+    assert r.json()["engine"] == "e2"
+    assert stack["served"][-1] == stack["e2"]
+
+
+async def test_no_reachable_endpoint_is_a_503(stack: dict[str, Any]) -> None:
+    r = await stack["client"].post("/v1/chat/completions", json=_chat("nothing"))
+    assert r.status_code == 503
+    assert "upstream connect error" in r.json()["error"]["message"]
+
+
+async def test_unknown_model_is_an_openai_404(stack: dict[str, Any]) -> None:
+    r = await stack["client"].post("/v1/chat/completions", json=_chat("one", model="gpt-9"))
+    assert r.status_code == 404
+    err = r.json()["error"]
+    assert err["message"] == "The model `gpt-9` does not exist." and err["code"] == 404
+
+
+async def test_processor_local_reply_reaches_the_client(stack: dict[str, Any]) -> None:
+    r = await stack["client"].post("/v1/chat/completions", json=_chat("shed"))
+    assert r.status_code == 429
+    assert r.json()["error"]["message"] == "shed"
+
+
+async def test_streaming_response_is_streamed_back(stack: dict[str, Any]) -> None:
+    events = []
+    async with stack["client"].stream(
+        "POST", "/v1/chat/completions", json=_chat("two", stream=True)
+    ) as r:
+        assert r.status_code == 200
+        async for line in r.aiter_lines():
+            if line.startswith("data: "):
+                events.append(line[6:])
+    assert events[-1] == "[DONE]"
+    assert [json.loads(e)["i"] for e in events[:-1]] == [0, 1, 2]
+    assert {json.loads(e)["engine"] for e in events[:-1]} == {"e2"}
+
+
+async def test_subset_hint_reaches_the_epp_as_metadata(stack: dict[str, Any]) -> None:
+    r = await stack["client"].post(
+        "/v1/chat/completions", json=_chat("one"), headers={"x-llmd-subset-hint": stack["e2"]}
+    )
+    assert r.status_code == 200 and r.json()["engine"] == "e2"
