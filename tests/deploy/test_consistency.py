@@ -13,6 +13,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+import yaml
 from deploy_tree import Obj, PodTemplate, Render, render_with_components
 
 # Our own services run with the restricted pod security profile; engines (upstream vLLM images,
@@ -355,3 +356,50 @@ def test_monitors_select_something(overlay: str, tmp_path: Path) -> None:
         assert selects(sm["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"])
         names = {p.get("name") for p in svc["spec"]["ports"]}
         assert {e["port"] for e in sm["spec"]["endpoints"]} <= names
+
+
+def kvmanager_table(rendered: Render) -> dict[str, Any]:
+    cm = rendered.get("ConfigMap", "llmd-kvmanager-config")
+    assert cm is not None
+    table: dict[str, Any] = yaml.safe_load(cm["data"]["kvmanager.yaml"])
+    return table
+
+
+def test_kvmanager_hashes_blocks_as_the_engines_do(rendered: Render) -> None:
+    """A block hash depends on the block size, the algorithm and the seed: any difference between
+    an engine and the kvmanager and no precise prefix score ever matches. Tokenization must match
+    too: the model's own tokenizer, or vllm-sim's built-in one when the sim has no --tokenizer."""
+    models = {m["name"]: m for m in kvmanager_table(rendered)["models"]}
+    for t in rendered.pod_templates():
+        if t.labels.get("app.kubernetes.io/component") != "engine":
+            continue
+        (c,) = t.spec["containers"]
+        argv = _args(c)
+        served = _flag(argv, "--served-model-name")
+        assert served in models, f"{t.where}: kvmanager has no model {served!r}"
+        m = models[served]
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        assert m.get("block_size", 16) == int(_flag(argv, "--block-size") or 16), t.where
+        assert m.get("hash_algo", "sha256") == (
+            _flag(argv, "--prefix-caching-hash-algo") or "sha256"
+        )
+        assert m.get("hash_seed") == env.get("PYTHONHASHSEED"), t.where
+        if "llmd-sim" in argv[0] and _flag(argv, "--tokenizer") is None:
+            assert m.get("builtin_tokenizer") is True, t.where
+        else:
+            model = _flag(argv, "--model") or argv[argv.index("serve") + 1]
+            assert m.get("tokenizer") == f"/tokenizers/{model}", t.where
+
+
+def test_kvmanager_fetches_tokenizers_where_it_reads_them(rendered: Render) -> None:
+    kv = rendered.get("Deployment", "llmd-kvmanager")["spec"]["template"]["spec"]
+    (init,) = kv["initContainers"]
+    (main,) = kv["containers"]
+    mounts = {
+        c["name"]: {m["name"]: m["mountPath"] for m in c["volumeMounts"]} for c in (init, main)
+    }
+    assert mounts[init["name"]]["tokenizers"] == mounts[main["name"]]["tokenizers"] == "/tokenizers"
+    config_arg = next(a for a in main["args"] if a.startswith("--config="))
+    config_dir = config_arg.split("=", 1)[1].rsplit("/", 1)[0]
+    assert mounts[main["name"]]["config"] == mounts[init["name"]]["config"] == config_dir
+    assert f"{config_arg.split('=', 1)[1]}" in init["command"][-1]
