@@ -327,7 +327,7 @@ def test_probes_use_the_real_health_endpoints(rendered: Render) -> None:
                 assert ready["grpc"]["service"] == "readiness", t.where
                 assert live["grpc"]["service"] == "liveness", t.where
                 assert ready["grpc"]["port"] == container_ports(t)["grpc-health"]
-            elif name in {"llmd-kvmanager", "llmd-expert-router"}:
+            elif name in {"llmd-kvmanager", "llmd-expert-router", "llmd-modelservice"}:
                 assert (ready["httpGet"]["path"], live["httpGet"]["path"]) == (
                     "/readyz",
                     "/healthz",
@@ -403,3 +403,20 @@ def test_kvmanager_fetches_tokenizers_where_it_reads_them(rendered: Render) -> N
     config_dir = config_arg.split("=", 1)[1].rsplit("/", 1)[0]
     assert mounts[main["name"]]["config"] == mounts[init["name"]]["config"] == config_dir
     assert f"{config_arg.split('=', 1)[1]}" in init["command"][-1]
+
+
+def test_expert_router_plans_for_the_deployed_ep_group(rendered: Render) -> None:
+    router = rendered.get("Deployment", "llmd-expert-router")
+    if router is None:
+        return
+    (c,) = router["spec"]["template"]["spec"]["containers"]
+    ranks, nodes = (
+        int(_flag(c["args"], "--num-ranks") or 0),
+        int(_flag(c["args"], "--num-nodes") or 0),
+    )
+    for lws in rendered.of_kind("LeaderWorkerSet"):
+        leader = lws["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["spec"]["containers"][0]
+        argv = _args(leader)
+        assert "--enable-expert-parallel" in argv
+        assert ranks == int(_flag(argv, "--data-parallel-size") or 0), "EP ranks = DP size"
+        assert nodes == lws["spec"]["leaderWorkerTemplate"]["size"], "nodes = LWS group size"

@@ -48,14 +48,6 @@ def test_every_flag_is_known_to_the_service(name: str, args: list[str]) -> None:
         [exe, *sub, "--help"], capture_output=True, text=True, check=False, timeout=60
     )
     assert done.returncode == 0, f"{name} {' '.join(sub)} --help failed:\n{done.stderr}"
-    known = set(re.findall(r"--[a-z0-9][a-z0-9-]*", done.stdout))
+    known = set(re.findall(r"--[a-z0-9][a-z0-9.-]*", done.stdout))
     flags = {a.split("=", 1)[0] for a in args if a.startswith("--")}
     assert flags <= known, f"{name}: {sorted(flags - known)} not in `{name} {' '.join(sub)} --help`"
-
-
-def test_modelservice_reconcile_still_serves_no_health_endpoint() -> None:
-    """The llmd-modelservice Deployment has no probes because `reconcile` serves no HTTP. When it
-    grows a port, this fails: add readiness/liveness probes and a Service to base/modelservice."""
-    exe = command("llmd-modelservice")
-    done = subprocess.run([exe, "reconcile", "--help"], capture_output=True, text=True, check=True)
-    assert "--port" not in done.stdout, "reconcile serves HTTP now: probe it in base/modelservice"
