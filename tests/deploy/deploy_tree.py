@@ -91,6 +91,12 @@ class Render:
     def get(self, kind: str, name: str, namespace: str = "llm-d") -> Obj | None:
         return self.by_key.get((kind, namespace, name)) or self.by_key.get((kind, "", name))
 
+    def need(self, kind: str, name: str) -> Obj:
+        """The object, which the render must contain."""
+        found = self.get(kind, name)
+        assert found is not None, f"{self.name}: no {kind}/{name}"
+        return found
+
     def pod_templates(self) -> list[PodTemplate]:
         out = []
         for o in self.objects:

@@ -13,8 +13,8 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-import kubernetes_validate
+import jsonschema  # type: ignore[import-untyped]
+import kubernetes_validate  # type: ignore[import-untyped]
 import yaml
 from deploy_tree import KUSTOMIZE, Obj, load_yaml_docs
 

@@ -187,7 +187,7 @@ def _flag(args: list[str], name: str) -> str | None:
 
 def test_request_path_is_wired(rendered: Render) -> None:
     """Gateway -> HTTPRoute -> InferencePool -> EPP Service -> EPP pods, and BBR in the filter."""
-    route = rendered.get("HTTPRoute", "llmd")
+    route = rendered.need("HTTPRoute", "llmd")
     gateway_names = {g["metadata"]["name"] for g in rendered.of_kind("Gateway")}
     assert {p["name"] for p in route["spec"]["parentRefs"]} <= gateway_names
     refs = [b for r in route["spec"]["rules"] for b in r["backendRefs"]]
@@ -219,7 +219,7 @@ def test_request_path_is_wired(rendered: Render) -> None:
 
 
 def test_bbr_envoyfilter_calls_the_bbr_service(rendered: Render) -> None:
-    ef = rendered.get("EnvoyFilter", "llmd-bbr")
+    ef = rendered.need("EnvoyFilter", "llmd-bbr")
     (patch,) = ef["spec"]["configPatches"]
     assert patch["applyTo"] == "HTTP_FILTER" and patch["match"]["context"] == "GATEWAY"
     typed = patch["patch"]["value"]["typed_config"]
@@ -243,7 +243,7 @@ def test_bbr_envoyfilter_calls_the_bbr_service(rendered: Render) -> None:
 
 
 def test_engines_publish_kv_events_to_the_kvmanager(rendered: Render) -> None:
-    svc = rendered.get("Service", "llmd-kvmanager")
+    svc = rendered.need("Service", "llmd-kvmanager")
     zmq_port = next(p["port"] for p in svc["spec"]["ports"] if p["targetPort"] == "zmq-kv-events")
     for t in rendered.pod_templates():
         if t.labels.get("app.kubernetes.io/component") != "engine":
@@ -392,7 +392,7 @@ def test_kvmanager_hashes_blocks_as_the_engines_do(rendered: Render) -> None:
 
 
 def test_kvmanager_fetches_tokenizers_where_it_reads_them(rendered: Render) -> None:
-    kv = rendered.get("Deployment", "llmd-kvmanager")["spec"]["template"]["spec"]
+    kv = rendered.need("Deployment", "llmd-kvmanager")["spec"]["template"]["spec"]
     (init,) = kv["initContainers"]
     (main,) = kv["containers"]
     mounts = {

@@ -13,10 +13,9 @@ from deploy_tree import Obj, Render
 
 
 def epp_container(rendered: Render) -> Obj:
-    deployment = rendered.get("Deployment", "llmd-epp")
-    assert deployment is not None
-    (c,) = deployment["spec"]["template"]["spec"]["containers"]
-    return c
+    (c,) = rendered.need("Deployment", "llmd-epp")["spec"]["template"]["spec"]["containers"]
+    container: Obj = c
+    return container
 
 
 def config_text(rendered: Render) -> str:
@@ -24,7 +23,7 @@ def config_text(rendered: Render) -> str:
     c = epp_container(rendered)
     (arg,) = [a for a in c["args"] if a.startswith("--config-file=")]
     path = Path(arg.split("=", 1)[1])
-    pod = rendered.get("Deployment", "llmd-epp")["spec"]["template"]["spec"]
+    pod = rendered.need("Deployment", "llmd-epp")["spec"]["template"]["spec"]
     mount = next(m for m in c["volumeMounts"] if path.parent == Path(m["mountPath"]))
     volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
     cm = rendered.get("ConfigMap", volume["configMap"]["name"])
