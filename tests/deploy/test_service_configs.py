@@ -66,3 +66,27 @@ def test_kvmanager_settings_load_with_the_pods_flags(rendered: Render, tmp_path:
         mounted_file(rendered, "llmd-kvmanager", "/etc/llmd/kvmanager/kvmanager.yaml")
     )
     assert [m.name for m in cfg.models] == [m["name"] for m in served["models"]]
+
+
+def test_bbr_flags_parse_with_the_pods_values(rendered: Render) -> None:
+    parse_args = loader("llmd_bbr.config", "parse_args")
+    _, c = container(rendered, "llmd-bbr")
+    _, settings = parse_args(c["args"])
+    assert (settings.grpc_port, settings.health_port, settings.metrics_port) == (9004, 9005, 9094)
+    # The body mode BBR assumes is the one the gateway's EnvoyFilter configures.
+    ef = rendered.need("EnvoyFilter", "llmd-bbr")
+    mode = ef["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["processing_mode"]
+    assert settings.body_mode.name == mode["request_body_mode"]
+
+
+def test_epp_flags_parse_with_the_pods_values(rendered: Render) -> None:
+    parse_settings = loader("llmd_epp.config", "parse_settings")
+    _, c = container(rendered, "llmd-epp")
+    settings = parse_settings(c["args"], env={})
+    assert settings.source_kind == "kubernetes"
+    assert settings.pool_name == rendered.need("InferencePool", "llmd")["metadata"]["name"]
+    assert (settings.grpc_port, settings.grpc_health_port, settings.metrics_port) == (
+        9002,
+        9003,
+        9090,
+    )
