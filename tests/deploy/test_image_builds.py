@@ -40,13 +40,14 @@ def copy_into(src: Path, dest: Path) -> None:
 def replay_builder(member: Member, workdir: Path, version: str) -> subprocess.CompletedProcess[str]:
     df = parse(member.path / "Dockerfile")
     builder = df.stage("builder")
-    uv = shutil.which("uv")
-    if uv is None:
-        pytest.skip("uv is not on PATH")
+    uv_bin = Path(shutil.which("uv") or "")
+    if not uv_bin.is_file():
+        pytest.skip("uv is not on PATH (the Dockerfiles' builder stage runs uv)")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "VIRTUAL_ENV"))}
     env.update(UV_COMPILE_BYTECODE="0", UV_LINK_MODE="hardlink", UV_PYTHON_DOWNLOADS="never")
     env["UV_PYTHON"] = sys.executable
     env["VERSION"] = version
+    env["PATH"] = f"{uv_bin.parent}{os.pathsep}{env.get('PATH', '')}"
     for ins in builder.instructions:
         if ins.keyword == "COPY" and "--from" not in ins.value:
             *sources, dest = ins.words()
