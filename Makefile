@@ -14,7 +14,8 @@ help:
 	@echo "make up         run the local stack (dev gateway on 127.0.0.1:8000)"
 	@echo "make lint       ruff check, ruff format --check, mypy"
 	@echo "make bench      the routing benchmark (llmd bench)"
-	@echo "make manifests  render every Kustomize overlay"
+	@echo "make manifests  render every Kustomize overlay into build/manifests/"
+	@echo "make images     build every service image (where Docker runs)"
 
 uv:
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 \
@@ -49,15 +50,18 @@ fmt: sync
 bench: sync
 	$(UV) run --frozen --no-sync llmd bench
 
+# Every overlay rendered to build/manifests/<hardware>/<mode>.yaml (what `kubectl apply -k` applies).
 manifests:
 	@command -v kubectl >/dev/null 2>&1 || { echo "kubectl is missing: install kubectl >= 1.27 (it ships kustomize v5)"; exit 1; }
-	@for o in $$(find deploy/kustomize/overlays -mindepth 2 -maxdepth 2 -type d | sort); do \
-	  echo "== $$o"; kubectl kustomize "$$o" >/dev/null; done
+	@for o in $$(cd deploy/kustomize/overlays && ls -d */*/ | sed 's#/$$##' | sort); do \
+	  mkdir -p build/manifests/$$(dirname $$o); \
+	  kubectl kustomize deploy/kustomize/overlays/$$o > build/manifests/$$o.yaml; \
+	  echo "build/manifests/$$o.yaml"; done
 
 up: sync
 	$(UV) run --frozen --no-sync llmd up $(CONFIG)
 
+# One image per member, tagged <registry>/<package>:<the member's version> (deploy/images.py; says so
+# and exits 0 where no Docker engine answers). REGISTRY=... overrides ghcr.io/llm-d/llmd-python.
 images:
-	@command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 \
-	  || { echo "no Docker engine here: images are built where Docker runs"; exit 0; }
-	@for d in libs/llmd_sdk services/*; do echo "== $$d"; done
+	@$(PYTHON) deploy/images.py $(if $(REGISTRY),--registry $(REGISTRY)) build
