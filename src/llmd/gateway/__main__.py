@@ -49,7 +49,16 @@ async def _serve(cfg: GatewayConfig) -> None:
     # the gateway inside the loop uvicorn serves on.
     gw = Gateway(cfg)
     server = uvicorn.Server(
-        uvicorn.Config(gw.app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False)
+        uvicorn.Config(
+            gw.app,
+            host=cfg.host,
+            port=cfg.port,
+            log_level="warning",
+            access_log=False,
+            # The upstream's Date and Server headers pass through; do not add a second pair.
+            server_header=False,
+            date_header=False,
+        )
     )
     await server.serve()
 
