@@ -132,7 +132,9 @@ def modelservice_doc(cfg: StackConfig, m: ModelSection) -> dict[str, Any]:
     if sim:
         engine_doc["sim"] = sim
     spec: dict[str, Any] = {
-        "model": {"name": m.model, **({"servedNames": m.served_names} if m.served_names else {})},
+        # vLLM serves the model under its own name unless told otherwise; modelservice would
+        # default to metadata.name, so name them explicitly.
+        "model": {"name": m.model, "servedNames": m.served_names or [m.model]},
         "replicas": m.replicas,
         "engine": engine_doc,
         "kvEvents": {
