@@ -338,7 +338,8 @@ def _epp_process(cfg: StackConfig, plan: Plan, index: int, m: ModelSection) -> P
         "2s",
     ]
     if epp.endpoint_source == "modelservice":
-        argv += ["--modelservice-url", plan.modelservice_url]
+        # modelservice names each endpoint's model by its ModelService (= pool) name.
+        argv += ["--modelservice-url", plan.modelservice_url, "--modelservice-model", m.name]
     else:
         if not m.base_port:
             raise ConfigError(f"models[{index}].epp.endpointSource: static needs a fixed basePort")
