@@ -18,6 +18,9 @@ from typing import Any, TextIO
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "warn": 30, "error": 40, "critical": 50}
 _SKIP_KEYS = ("event", "level", "timestamp", "service", "logger", "component")
+# Client libraries that log every request at info (the EPP scrapes each engine every 50 ms):
+# their info lines count as debug here.
+_CHATTY_LOGGERS = frozenset({"httpx", "httpcore"})
 
 
 class LogSink:
@@ -53,6 +56,8 @@ class LogSink:
         if rec is None:
             rec = {"event": text, "level": "info"}
         rec["component"] = component
+        if rec.get("logger") in _CHATTY_LOGGERS and str(rec.get("level", "")).lower() == "info":
+            rec["level"] = "debug"
         return rec
 
     def line(self, component: str, line: str) -> None:
