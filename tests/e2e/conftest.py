@@ -6,6 +6,7 @@ functions driving it over HTTP, as a user would.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from collections.abc import Iterator
@@ -22,8 +23,33 @@ from e2e_helpers import RunningStack  # noqa: E402
 from llmd.local import LocalStack, LogSink, load_config  # noqa: E402
 
 
+# What the stack runs; a workspace without one of them cannot run the e2e suite.
+SERVICES = (
+    "llmd_sim.server",
+    "llmd_bbr.server",
+    "llmd_epp.server",
+    "llmd_kvmanager.server",
+    "llmd_modelservice.server",
+)
+
+
+def _missing_services() -> list[str]:
+    missing = []
+    for module in SERVICES:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            missing.append(module.split(".")[0])
+    return missing
+
+
 @pytest.fixture(scope="session")
 def stack() -> Iterator[RunningStack]:
+    missing = _missing_services()
+    if missing:
+        pytest.skip(f"the workspace lacks {', '.join(missing)}: the e2e stack cannot run")
     cfg = load_config(HERE / "stack.yaml").with_free_ports()
     level = os.environ.get("LLMD_E2E_LOG_LEVEL", "warning")
     sink = LogSink(sys.stderr, fmt="console", level=level)
