@@ -22,7 +22,6 @@ from e2e_helpers import RunningStack  # noqa: E402
 
 from llmd.local import LocalStack, LogSink, load_config  # noqa: E402
 
-
 # What the stack runs; a workspace without one of them cannot run the e2e suite.
 SERVICES = (
     "llmd_sim.server",
