@@ -52,7 +52,7 @@ def _register_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 # Each entry adds one subparser and sets `handler` in its defaults.
-_SUBCOMMANDS: list[Registrar] = [_register_up, _register_gateway]
+_SUBCOMMANDS: list[Registrar] = [_register_up, _register_gateway, _register_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:
