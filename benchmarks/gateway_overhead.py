@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -147,20 +148,51 @@ async def one_round(client: httpx.AsyncClient, url: str, n: int, stream: bool) -
     return out
 
 
-async def measure(urls: dict[str, str], rounds: int, n: int, stream: bool) -> dict[str, Any]:
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process (all its threads) from /proc; 0 where unreadable."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# Which processes each subject's requests pass through.
+PATHS = {
+    "direct": ["engine"],
+    "gateway": ["gateway", "bbr", "epp-gateway", "engine"],
+    "gateway-req": ["gateway-req", "bbr", "epp-gateway-req", "engine"],
+}
+
+
+async def measure(
+    urls: dict[str, str], rounds: int, n: int, stream: bool, pids: dict[str, int | None]
+) -> dict[str, Any]:
     per: dict[str, list[list[float]]] = {k: [] for k in urls}
+    cpu: dict[str, dict[str, float]] = {k: {} for k in urls}
     async with httpx.AsyncClient(timeout=30) as client:
         for url in urls.values():  # warm connections and caches
             await one_round(client, url, 5, stream)
         for _ in range(rounds):
             for name, url in urls.items():
+                before = {p: cpu_seconds(pids.get(p)) for p in PATHS[name]}
                 per[name].append(await one_round(client, url, n, stream))
+                for p in PATHS[name]:
+                    used = cpu_seconds(pids.get(p)) - before[p]
+                    cpu[name][p] = cpu[name].get(p, 0.0) + used
     out: dict[str, Any] = {}
     for name, rs in per.items():
         out[name] = {
             "requests": sum(len(r) for r in rs),
             "p50_ms": statistics.median(percentile(r, 50) for r in rs) * 1e3,
             "p99_ms": statistics.median(percentile(r, 99) for r in rs) * 1e3,
+            # CPU milliseconds each process on the path spent per request: what the path
+            # costs, independent of how busy the machine is.
+            "cpu_ms_per_request": {
+                p: round(c * 1e3 / (rounds * n), 3) for p, c in cpu[name].items()
+            },
         }
     for row in out.values():
         row["added_p50_ms"] = row["p50_ms"] - out["direct"]["p50_ms"]
@@ -177,7 +209,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         results = {}
         for stream in (False, True):
             key = "streamed" if stream else "unary"
-            results[key] = await measure(urls, args.rounds, args.requests, stream)
+            pids = {name: child.pid for name, child in sup.children.items()}
+            results[key] = await measure(urls, args.rounds, args.requests, stream, pids)
     finally:
         await sup.stop()
     return results
@@ -194,14 +227,25 @@ def main() -> int:
         args.rounds, args.requests = 1, 20
     results = asyncio.run(main_async(args))
     rows = [
-        {"mode": mode, "subject": name, **row}
+        {
+            "mode": mode,
+            "subject": name,
+            **row,
+            "path_cpu_ms": sum(row["cpu_ms_per_request"].values()),
+            "router_cpu_ms": sum(v for k, v in row["cpu_ms_per_request"].items() if k != "engine"),
+        }
         for mode, subjects in results.items()
         for name, row in subjects.items()
     ]
     print(table(rows, ["mode", "subject", "requests", "p50_ms", "p99_ms", "added_p50_ms",
-                       "added_p99_ms"]))  # fmt: skip
+                       "added_p99_ms", "path_cpu_ms", "router_cpu_ms"]))  # fmt: skip
+    for row in rows:
+        if row["subject"] != "direct":
+            parts = ", ".join(f"{k} {v:.2f}" for k, v in row["cpu_ms_per_request"].items())
+            print(f"  {row['mode']:<8} {row['subject']:<11} CPU ms/request: {parts}")
     added = results["unary"]["gateway"]["added_p50_ms"]
     print(f"\ngateway path adds {added:.2f} ms p50 over a direct engine call (target < 3 ms)")
+    print(f"machine load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     write_json(
         args.out,
         {
