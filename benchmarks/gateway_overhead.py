@@ -167,8 +167,21 @@ PATHS = {
 }
 
 
+async def idle_rates(pids: dict[str, int | None], seconds: float = 2.0) -> dict[str, float]:
+    """CPU seconds per second each process spends with no requests (the EPPs' metric scrapes,
+    health checks), to subtract from what a round used."""
+    before = {p: cpu_seconds(pid) for p, pid in pids.items()}
+    await asyncio.sleep(seconds)
+    return {p: max(0.0, (cpu_seconds(pid) - before[p]) / seconds) for p, pid in pids.items()}
+
+
 async def measure(
-    urls: dict[str, str], rounds: int, n: int, stream: bool, pids: dict[str, int | None]
+    urls: dict[str, str],
+    rounds: int,
+    n: int,
+    stream: bool,
+    pids: dict[str, int | None],
+    idle: dict[str, float],
 ) -> dict[str, Any]:
     per: dict[str, list[list[float]]] = {k: [] for k in urls}
     cpu: dict[str, dict[str, float]] = {k: {} for k in urls}
@@ -178,10 +191,12 @@ async def measure(
         for _ in range(rounds):
             for name, url in urls.items():
                 before = {p: cpu_seconds(pids.get(p)) for p in PATHS[name]}
+                t0 = time.perf_counter()
                 per[name].append(await one_round(client, url, n, stream))
+                took = time.perf_counter() - t0
                 for p in PATHS[name]:
-                    used = cpu_seconds(pids.get(p)) - before[p]
-                    cpu[name][p] = cpu[name].get(p, 0.0) + used
+                    used = cpu_seconds(pids.get(p)) - before[p] - idle.get(p, 0.0) * took
+                    cpu[name][p] = cpu[name].get(p, 0.0) + max(0.0, used)
     out: dict[str, Any] = {}
     for name, rs in per.items():
         out[name] = {
@@ -210,7 +225,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         for stream in (False, True):
             key = "streamed" if stream else "unary"
             pids = {name: child.pid for name, child in sup.children.items()}
-            results[key] = await measure(urls, args.rounds, args.requests, stream, pids)
+            idle = await idle_rates(pids)
+            results[key] = await measure(urls, args.rounds, args.requests, stream, pids, idle)
     finally:
         await sup.stop()
     return results
