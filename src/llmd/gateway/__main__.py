@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from pathlib import Path
 
@@ -39,9 +40,27 @@ def main(argv: list[str] | None = None) -> int:
         cfg.port = args.port
     configure_logging("gateway", args.log_level)
     setup_tracing("llmd-gateway")
-    gw = Gateway(cfg)
-    uvicorn.run(gw.app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False)
+    asyncio.run(_serve(cfg))
     return 0
+
+
+async def _serve(cfg: GatewayConfig) -> None:
+    # The gRPC channels of the ext_proc clients belong to the loop they are created on: build
+    # the gateway inside the loop uvicorn serves on.
+    gw = Gateway(cfg)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            gw.app,
+            host=cfg.host,
+            port=cfg.port,
+            log_level="warning",
+            access_log=False,
+            # The upstream's Date and Server headers pass through; do not add a second pair.
+            server_header=False,
+            date_header=False,
+        )
+    )
+    await server.serve()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,201 @@
+"""`llmd bench`: the routing benchmark (`make bench`). `--smoke` is the CI run (< ~30 s)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULT_OUT = Path("benchmarks/routing/results")
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 2,4,8; got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive numbers; got {text!r}")
+    return values
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in _floats(text)]
+
+
+def _names(text: str) -> list[str]:
+    from llmd.bench.live import ROUTERS
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in ROUTERS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown router {bad[0]!r}; one of {', '.join(ROUTERS)}")
+    return names
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="the routing benchmark: round-robin vs our EPP vs vllm-router on llmd-sim engines",
+        description="Replays a seeded shared-prefix multi-turn chat trace at several Poisson "
+        "rates through each router in front of the same llmd-sim engines, then runs the same "
+        "policies in vllm-sim's discrete-event mode at 64 and 256 engines. Writes results.json, "
+        "results.md and PNG plots to --out.",
+    )
+    p.add_argument("--smoke", action="store_true", help="a tiny run for CI (< ~30 s)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (%(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    live = p.add_argument_group("live run")
+    live.add_argument("--engines", type=int, default=4, help="llmd-sim processes (4)")
+    live.add_argument("--rates", type=_floats, help="requests/s, model time (4,8,16,24)")
+    live.add_argument("--routers", type=_names, help="comma-separated subset of the routers")
+    live.add_argument(
+        "--time-scale", type=float, default=1.0, help="the sims' --time-scale (1: real GPU time)"
+    )
+    live.add_argument("--latency-profile", help="latency profile JSON (default: the sim's)")
+    live.add_argument(
+        "--kv-blocks",
+        type=int,
+        default=8192,
+        help="GPU KV blocks per engine (16 tokens each; 8192 = 16 GiB of Llama-3.1-8B KV)",
+    )
+    live.add_argument("--no-live", action="store_true", help="only the discrete-event mode")
+    work = p.add_argument_group("workload")
+    work.add_argument("--groups", type=int, default=32, help="system prompts (32)")
+    work.add_argument("--users", type=int, default=4, help="users (conversations) per group (4)")
+    work.add_argument("--turns", type=int, default=3, help="turns per conversation (3)")
+    work.add_argument("--system-words", type=int, default=2000)
+    work.add_argument("--output-tokens", type=int, default=64)
+    des = p.add_argument_group("discrete-event mode")
+    des.add_argument("--des-engines", type=_ints, default=[64, 256], help="(64,256)")
+    des.add_argument(
+        "--des-rates-per-engine", type=_floats, default=[1.0, 2.0, 4.0], help="(1,2,4)"
+    )
+    des.add_argument("--no-des", action="store_true")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print("llmd bench: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    from llmd.bench import des as des_mode
+    from llmd.bench import report
+    from llmd.bench.live import ROUTERS, EngineOptions, run_live_sync
+    from llmd.bench.workload import WorkloadSpec, build_trace
+    from llmd.local.logs import LogSink
+    from llmd.local.supervisor import StartError
+
+    if args.smoke:
+        spec = WorkloadSpec(
+            seed=args.seed, groups=2, users_per_group=2, turns=2, system_words=200,
+            question_words=20, answer_words=20, output_tokens=8, think_time_s=0.5,
+        )  # fmt: skip
+        opts = EngineOptions(engines=2, time_scale=0.2, num_gpu_blocks=2048)
+        rates = args.rates or [4.0]
+        routers = args.routers or ["round-robin", "epp-default", "epp-precise"]
+        des_opts = des_mode.DesOptions(
+            engines=[8], rates_per_engine=[2.0], base=spec, base_engines=2, num_gpu_blocks=2048
+        )
+    else:
+        spec = WorkloadSpec(
+            seed=args.seed,
+            groups=args.groups,
+            users_per_group=args.users,
+            turns=args.turns,
+            system_words=args.system_words,
+            output_tokens=args.output_tokens,
+        )
+        opts = EngineOptions(
+            engines=args.engines,
+            time_scale=args.time_scale,
+            latency_profile=args.latency_profile,
+            num_gpu_blocks=args.kv_blocks,
+        )
+        rates = args.rates or [4.0, 8.0, 16.0, 24.0]
+        routers = args.routers or list(ROUTERS)
+        des_opts = des_mode.DesOptions(
+            engines=args.des_engines,
+            rates_per_engine=args.des_rates_per_engine,
+            base=spec,
+            base_engines=args.engines,
+            num_gpu_blocks=args.kv_blocks,
+            latency_profile=args.latency_profile,
+        )
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    started = time.time()
+    doc: dict[str, Any] = {
+        "benchmark": "routing",
+        "smoke": args.smoke,
+        "workload": _spec_dict(spec),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+    }
+    if not args.no_live:
+        log(f"live: {opts.engines} engines, routers {', '.join(routers)}, rates {rates}")
+        sink = LogSink(sys.stderr, fmt="console", level="warning")
+        try:
+            cells, skipped = run_live_sync(
+                opts, routers, rates, lambda r: build_trace(spec, r), sink, log=log
+            )
+        except StartError as exc:
+            print(f"llmd bench: {exc}", file=sys.stderr)
+            return 1
+        report.mark_completion(cells)
+        doc["live"] = {
+            "options": {
+                "engines": opts.engines,
+                "time_scale": opts.time_scale,
+                "kv_blocks_per_engine": opts.num_gpu_blocks,
+                "latency_profile": opts.latency_profile or "llmd-sim default",
+                "rates": rates,
+                "routers": routers,
+            },
+            "cells": cells,
+            "skipped": skipped,
+            "targets": report.targets(cells),
+        }
+    if not args.no_des:
+        why = des_mode.des_available()
+        if why:
+            doc["des"] = {"skipped": why}
+            log(f"discrete-event mode skipped: {why}")
+        else:
+            log(f"discrete-event mode: engines {list(des_opts.engines)}")
+            doc["des"] = {
+                "options": {
+                    "engines": list(des_opts.engines),
+                    "rates_per_engine": list(des_opts.rates_per_engine),
+                    "kv_blocks_per_engine": des_opts.num_gpu_blocks,
+                },
+                "rows": des_mode.run_des(des_opts, des_mode.DES_ROUTERS, log=log),
+            }
+    doc["wall_s"] = time.time() - started
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    report.write_json(out / "results.json", doc)
+    md = report.markdown(doc)
+    (out / "results.md").write_text(md)
+    rate = ((doc.get("live") or {}).get("targets") or {}).get("rate_rps")
+    samples = {
+        c["router"]: c.get("ttft_s", [])
+        for c in (doc.get("live") or {}).get("cells", [])
+        if rate is None or c["rate_rps"] == rate
+    }
+    pngs = report.plots(doc, out, samples)
+    print(md)
+    print(f"wrote {out / 'results.json'}, {out / 'results.md'}" + "".join(f", {p}" for p in pngs))
+    return 0
+
+
+def _spec_dict(spec: Any) -> dict[str, Any]:
+    return {name: getattr(spec, name) for name in spec.__dataclass_fields__}

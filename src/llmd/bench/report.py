@@ -1,0 +1,297 @@
+"""The benchmark's report: targets checked against the measured cells, Markdown, JSON, plots."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from llmd.bench.stats import completes, interpolate
+
+BASELINE, OURS = "round-robin", "epp-precise"
+PEERS = ("vllm-router-cache", "vllm-router-kv")
+
+
+def _num(v: Any) -> float:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else math.nan
+
+
+def _by_router(cells: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for c in cells:
+        out.setdefault(c["router"], []).append(c)
+    for rows in out.values():
+        rows.sort(key=lambda c: c["rate_rps"])
+    return out
+
+
+def mark_completion(cells: Sequence[dict[str, Any]]) -> None:
+    """Set `completes` on every cell (unloaded latency: the router's lowest-rate p50 e2e)."""
+    for rows in _by_router(cells).values():
+        unloaded = _num(rows[0]["e2e_p50_s"])
+        for c in rows:
+            c["completes"] = completes(c, unloaded_e2e_s=0.0 if math.isnan(unloaded) else unloaded)
+
+
+def targets(cells: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The issue's targets, measured: each with the numbers it was computed from."""
+    routers = _by_router(cells)
+    out: dict[str, Any] = {}
+    base = routers.get(BASELINE, [])
+    ours = routers.get(OURS, [])
+    done = [c for c in base if c.get("completes")]
+    if not base or not ours:
+        out["note"] = "round-robin and epp-precise are both needed for the targets"
+        return out
+    if not done:
+        out["note"] = "round-robin completed at no tested rate; lower the rates"
+        return out
+    top = max(done, key=lambda c: c["rate_rps"])
+    rate = top["rate_rps"]
+    out["rate_rps"] = rate
+    ours_at = next((c for c in ours if c["rate_rps"] == rate), None)
+    if ours_at is None:
+        out["note"] = f"epp-precise did not run at {rate} req/s"
+        return out
+    rr_p90, our_p90 = _num(top["ttft_p90_s"]), _num(ours_at["ttft_p90_s"])
+    ratio = rr_p90 / our_p90 if our_p90 > 0 else math.nan
+    out["p90_ttft"] = {
+        "round_robin_s": rr_p90,
+        "epp_precise_s": our_p90,
+        "ratio": ratio,
+        "target": 3.0,
+        "met": bool(ratio >= 3.0),
+    }
+    # Throughput at equal P90 TTFT: epp-precise's output tokens/s where its P90 TTFT reaches
+    # round-robin's P90 at that rate (interpolated along its rate sweep).
+    curve = [(_num(c["ttft_p90_s"]), _num(c["output_tokens_per_s"])) for c in ours]
+    rr_tput = _num(top["output_tokens_per_s"])
+    at_equal = interpolate(curve, rr_p90)
+    bound = "interpolated"
+    if at_equal is None:
+        finite = [y for x, y in curve if not math.isnan(x) and x <= rr_p90]
+        if finite:
+            at_equal, bound = (
+                max(finite),
+                "lower bound: epp-precise stayed below that P90 at every tested rate",
+            )
+    tput_ratio = (at_equal / rr_tput) if at_equal and rr_tput > 0 else math.nan
+    out["throughput_at_equal_p90"] = {
+        "p90_ttft_s": rr_p90,
+        "round_robin_tokens_per_s": rr_tput,
+        "epp_precise_tokens_per_s": at_equal,
+        "how": bound,
+        "ratio": tput_ratio,
+        "target": 2.0,
+        "met": bool(tput_ratio >= 2.0),
+    }
+    peers = [
+        (r, c)
+        for r in PEERS
+        for c in routers.get(r, [])
+        if c["rate_rps"] == rate and not math.isnan(_num(c["ttft_p90_s"]))
+    ]
+    if peers:
+        best_name, best = min(peers, key=lambda rc: _num(rc[1]["ttft_p90_s"]))
+        peer_p90 = _num(best["ttft_p90_s"])
+        vr = peer_p90 / our_p90 if our_p90 > 0 else math.nan
+        out["vs_vllm_router"] = {
+            "best_policy": best_name,
+            "vllm_router_p90_s": peer_p90,
+            "epp_precise_p90_s": our_p90,
+            "ratio": vr,
+            "target": 1.2,
+            "met": bool(vr >= 1.2),
+        }
+    else:
+        out["vs_vllm_router"] = {"note": "vllm-router did not run (see skipped)"}
+    out["epp_precise_overhead_added_p50_ms"] = _num(ours_at.get("overhead_added_p50_ms"))
+    return out
+
+
+def _ms(v: Any) -> str:
+    x = _num(v)
+    return "-" if math.isnan(x) else f"{x * 1e3:,.0f}"
+
+
+def _f(v: Any, fmt: str = "{:,.1f}") -> str:
+    x = _num(v)
+    return "-" if math.isnan(x) else fmt.format(x)
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    lines: list[str] = []
+    live = doc.get("live") or {}
+    cells = live.get("cells") or []
+    if cells:
+        opts = live.get("options", {})
+        lines += [
+            f"### Live: {opts.get('engines')} llmd-sim engines, time scale "
+            f"{opts.get('time_scale')} (latencies in model time)",
+            "",
+            "| router | rate req/s | ok | TTFT p50 ms | p90 | p99 | ITL p50 ms | e2e p50 s | "
+            "e2e p99 s | out tok/s | hit rate | overhead p50 ms | keeps up |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|",
+        ]
+        for c in sorted(cells, key=lambda c: (c["rate_rps"], c["router"])):
+            lines.append(
+                f"| {c['router']} | {c['rate_rps']:g} | {c['succeeded']}/{c['requests']} | "
+                f"{_ms(c['ttft_p50_s'])} | {_ms(c['ttft_p90_s'])} | {_ms(c['ttft_p99_s'])} | "
+                f"{_f(_num(c['itl_p50_s']) * 1e3)} | {_f(c['e2e_p50_s'], '{:.2f}')} | "
+                f"{_f(c['e2e_p99_s'], '{:.2f}')} | {_f(c['output_tokens_per_s'], '{:,.0f}')} | "
+                f"{_f(c['prefix_hit_rate'], '{:.2f}')} | "
+                f"{_f(c['overhead_added_p50_ms'], '{:.2f}')} | "
+                f"{'yes' if c.get('completes') else 'no'} |"
+            )
+        for router, why in (live.get("skipped") or {}).items():
+            lines.append(f"\n{router}: skipped: {why}")
+        t = live.get("targets") or {}
+        lines += ["", "### Targets (measured)", ""]
+        if "note" in t:
+            lines.append(f"- {t['note']}")
+        if "p90_ttft" in t:
+            p = t["p90_ttft"]
+            lines.append(
+                f"- At {t['rate_rps']:g} req/s (the highest rate round-robin keeps up with): "
+                f"P90 TTFT round-robin {p['round_robin_s'] * 1e3:,.0f} ms vs epp-precise "
+                f"{p['epp_precise_s'] * 1e3:,.0f} ms: {p['ratio']:.2f}x (target 3x: "
+                f"{'met' if p['met'] else 'not met'})"
+            )
+        if "throughput_at_equal_p90" in t:
+            q = t["throughput_at_equal_p90"]
+            lines.append(
+                f"- Throughput at equal P90 TTFT ({q['p90_ttft_s'] * 1e3:,.0f} ms): "
+                f"epp-precise {_f(q['epp_precise_tokens_per_s'], '{:,.0f}')} vs round-robin "
+                f"{q['round_robin_tokens_per_s']:,.0f} output tok/s: {_f(q['ratio'], '{:.2f}')}x "
+                f"({q['how']}; target 2x: {'met' if q['met'] else 'not met'})"
+            )
+        v = t.get("vs_vllm_router") or {}
+        if "ratio" in v:
+            lines.append(
+                f"- vs vllm-router's best ({v['best_policy']}): P90 TTFT "
+                f"{v['vllm_router_p90_s'] * 1e3:,.0f} ms vs {v['epp_precise_p90_s'] * 1e3:,.0f} ms"
+                f": {v['ratio']:.2f}x (target 1.2x: {'met' if v['met'] else 'not met'})"
+            )
+        elif v:
+            lines.append(f"- vs vllm-router: {v.get('note')}")
+    des = doc.get("des") or {}
+    if des.get("rows"):
+        lines += [
+            "",
+            "### Discrete-event mode (vllm-sim cluster, virtual time)",
+            "",
+            "| engines | router | rate req/s | TTFT p50 ms | p90 | p99 | e2e p99 s | out tok/s | "
+            "hit rate | busiest engine share |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in des["rows"]:
+            lines.append(
+                f"| {r['engines']} | {r['router']} | {r['rate_rps']:g} | {_ms(r['ttft_p50_s'])} | "
+                f"{_ms(r['ttft_p90_s'])} | {_ms(r['ttft_p99_s'])} | "
+                f"{_f(r['e2e_p99_s'], '{:.2f}')} | {_f(r['output_tokens_per_s'], '{:,.0f}')} | "
+                f"{_f(r['prefix_hit_rate'], '{:.2f}')} | {_f(r['busiest_engine_share'], '{:.3f}')} |"
+            )
+    elif des.get("skipped"):
+        lines += ["", f"Discrete-event mode skipped: {des['skipped']}"]
+    return "\n".join(lines) + "\n"
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return None if math.isnan(obj) or math.isinf(obj) else obj
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_clean(doc), indent=2, sort_keys=True) + "\n")
+
+
+def plots(doc: dict[str, Any], out_dir: Path, ttft_samples: dict[str, list[float]]) -> list[Path]:
+    """TTFT CDF per router (at the targets' rate) and throughput vs rate; DES p90 vs rate."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    written: list[Path] = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if ttft_samples:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for router, xs in sorted(ttft_samples.items()):
+            if not xs:
+                continue
+            xs = sorted(x * 1e3 for x in xs)
+            ys = [(i + 1) / len(xs) for i in range(len(xs))]
+            ax.step(xs, ys, where="post", label=router)
+        rate = (doc.get("live", {}).get("targets") or {}).get("rate_rps")
+        ax.set_xscale("log")
+        ax.set_xlabel("time to first token (ms, model time)")
+        ax.set_ylabel("fraction of requests")
+        ax.set_title(f"TTFT CDF per router{f' at {rate:g} req/s' if rate else ''}")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        path = out_dir / "ttft_cdf.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    cells = doc.get("live", {}).get("cells") or []
+    if cells:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+        for router, rows in sorted(_by_router(cells).items()):
+            rates = [c["rate_rps"] for c in rows]
+            axes[0].plot(rates, [_num(c["output_tokens_per_s"]) for c in rows], "o-", label=router)
+            axes[1].plot(rates, [_num(c["ttft_p90_s"]) * 1e3 for c in rows], "o-", label=router)
+        axes[0].set_xlabel("offered rate (req/s)")
+        axes[0].set_ylabel("output tokens/s")
+        axes[0].set_title("throughput vs rate")
+        axes[1].set_xlabel("offered rate (req/s)")
+        axes[1].set_ylabel("P90 TTFT (ms)")
+        axes[1].set_yscale("log")
+        axes[1].set_title("P90 TTFT vs rate")
+        for ax in axes:
+            ax.grid(True, alpha=0.3)
+            ax.legend()
+        path = out_dir / "throughput_vs_rate.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    rows = (doc.get("des") or {}).get("rows") or []
+    if rows:
+        sizes = sorted({r["engines"] for r in rows})
+        fig, axes = plt.subplots(1, len(sizes), figsize=(5.5 * len(sizes), 4.5), squeeze=False)
+        for ax, n in zip(axes[0], sizes, strict=True):
+            by: dict[str, list[dict[str, Any]]] = {}
+            for r in rows:
+                if r["engines"] == n:
+                    by.setdefault(r["router"], []).append(r)
+            for router, rs in sorted(by.items()):
+                rs.sort(key=lambda r: r["rate_rps"])
+                ax.plot(
+                    [r["rate_rps"] for r in rs],
+                    [_num(r["ttft_p90_s"]) * 1e3 for r in rs],
+                    "o-",
+                    label=router,
+                )
+            ax.set_yscale("log")
+            ax.set_xlabel("offered rate (req/s)")
+            ax.set_ylabel("P90 TTFT (ms)")
+            ax.set_title(f"discrete-event: {n} engines")
+            ax.grid(True, alpha=0.3)
+            ax.legend()
+        path = out_dir / "des_p90_ttft.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -1,0 +1,95 @@
+"""Summaries of a run: latency percentiles, throughput, cache hits, in model time."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from llmd.bench.client import Result
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of `values`; NaN when empty."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))
+    return ordered[k]
+
+
+def summarize(
+    results: Sequence[Result], *, time_scale: float, offered_rps: float
+) -> dict[str, Any]:
+    """Per-run numbers, latencies converted back to model seconds (divided by the time scale)."""
+    scale = time_scale if time_scale > 0 else 1.0
+    ok = [r for r in results if r.ok]
+    ttft = [r.ttft / scale for r in ok if r.ttft is not None]
+    e2e = [r.e2e / scale for r in ok if r.e2e is not None]
+    itl = [x / scale for r in ok for x in r.itls()]
+    if ok:
+        start = min(r.sent_s for r in ok)
+        end = max(r.end_s or 0.0 for r in ok)
+        span = (end - start) / scale
+        last_arrival = max(r.scheduled_s for r in results)
+        arrival_span = (last_arrival - min(r.scheduled_s for r in results)) / scale
+        drain = (end - last_arrival) / scale
+    else:
+        span = arrival_span = drain = math.nan
+    out_tokens = sum(r.output_tokens for r in ok)
+    prompt_tokens = sum(r.prompt_tokens for r in ok)
+    cached_tokens = sum(r.cached_tokens for r in ok)
+    achieved = len(ok) / span if span and span > 0 else math.nan
+    errors: dict[str, int] = {}
+    for r in results:
+        if not r.ok:
+            key = str(r.status) if r.status else (r.error.split(":", 1)[0] or "error")
+            errors[key] = errors.get(key, 0) + 1
+    return {
+        "requests": len(results),
+        "succeeded": len(ok),
+        "errors": errors,
+        "offered_rps": offered_rps,
+        "achieved_rps": achieved,
+        "span_s": span,
+        "arrival_span_s": arrival_span,
+        # From the last arrival to the last completion: grows with the backlog when the
+        # router cannot keep up.
+        "drain_s": drain,
+        "ttft_p50_s": percentile(ttft, 50),
+        "ttft_p90_s": percentile(ttft, 90),
+        "ttft_p99_s": percentile(ttft, 99),
+        "itl_p50_s": percentile(itl, 50),
+        "itl_p90_s": percentile(itl, 90),
+        "e2e_p50_s": percentile(e2e, 50),
+        "e2e_p90_s": percentile(e2e, 90),
+        "e2e_p99_s": percentile(e2e, 99),
+        "output_tokens_per_s": out_tokens / span if span and span > 0 else math.nan,
+        "prompt_tokens": prompt_tokens,
+        "cached_tokens_reported": cached_tokens,
+        "usage_hit_rate": cached_tokens / prompt_tokens if prompt_tokens else math.nan,
+    }
+
+
+def completes(summary: dict[str, Any], *, unloaded_e2e_s: float) -> bool:
+    """A router keeps up at a rate when every request succeeded and no backlog built up: the
+    last request finished within 10% of the trace's span plus twice the unloaded end-to-end
+    latency (the router's own p50 at its lowest rate) after it arrived."""
+    if summary["requests"] == 0 or summary["succeeded"] != summary["requests"]:
+        return False
+    drain, span = summary["drain_s"], summary["arrival_span_s"]
+    if math.isnan(drain):
+        return False
+    return bool(drain <= 0.1 * span + 2.0 * unloaded_e2e_s)
+
+
+def interpolate(points: Sequence[tuple[float, float]], x: float) -> float | None:
+    """y at `x` on the piecewise-linear curve through `points` (sorted by x); None outside."""
+    pts = sorted(p for p in points if not (math.isnan(p[0]) or math.isnan(p[1])))
+    for (x0, y0), (x1, y1) in itertools.pairwise(pts):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    if pts and x == pts[0][0]:
+        return pts[0][1]
+    return None
