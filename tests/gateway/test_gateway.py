@@ -123,7 +123,22 @@ async def stack() -> AsyncIterator[dict[str, Any]]:
     ports = {name: _free_port() for name in ("e1", "e2", "gw")}
     dead = f"127.0.0.1:{_free_port()}"
     e1, e2 = f"127.0.0.1:{ports['e1']}", f"127.0.0.1:{ports['e2']}"
-    picks = {"one": e1, "two": e2, "fallback": f"{dead},{e2}", "nothing": dead}
+    resets: list[int] = []
+
+    async def reset_before_answering(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await r.readuntil(b"\r\n\r\n")  # takes the request, then dies without a response
+        resets.append(1)
+        w.transport.abort()
+
+    resetter = await asyncio.start_server(reset_before_answering, "127.0.0.1", 0)
+    reset_ep = f"127.0.0.1:{resetter.sockets[0].getsockname()[1]}"
+    picks = {
+        "one": e1,
+        "two": e2,
+        "fallback": f"{dead},{e2}",
+        "nothing": dead,
+        "reset": f"{reset_ep},{e2}",
+    }
     served: list[str] = []
 
     def epp_factory(ctx: StreamContext) -> ExtProcStream:
@@ -161,7 +176,8 @@ async def stack() -> AsyncIterator[dict[str, Any]]:
         async with httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{ports['gw']}", timeout=10
         ) as client:
-            yield {"client": client, "e1": e1, "e2": e2, "served": served}
+            yield {"client": client, "e1": e1, "e2": e2, "served": served, "resets": resets}
+    resetter.close()
     await bbr_srv.stop(0)
     await epp_srv.stop(0)
 
@@ -190,6 +206,16 @@ async def test_falls_back_along_the_picked_list_and_reports_the_served_endpoint(
     stack: dict[str, Any],
 ) -> None:
     r = await stack["client"].post("/v1/chat/completions", json=_chat("fallback"))
+    assert r.status_code == 200
+    assert r.json()["engine"] == "e2"
+    assert stack["served"][-1] == stack["e2"]
+
+
+async def test_an_upstream_reset_before_answering_falls_back_to_the_next_endpoint(
+    stack: dict[str, Any],
+) -> None:
+    r = await stack["client"].post("/v1/chat/completions", json=_chat("reset"))
+    assert stack["resets"] == [1]  # the first endpoint really took the request and dropped it
     assert r.status_code == 200
     assert r.json()["engine"] == "e2"
     assert stack["served"][-1] == stack["e2"]

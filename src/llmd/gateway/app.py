@@ -51,6 +51,16 @@ _HOP_BY_HOP = frozenset(
 
 log = get_logger("llmd.gateway")
 
+# Failures that happen before the upstream sent a response header: the request can go to the next
+# endpoint without the client seeing anything (inference requests have no side effects to repeat).
+_RETRYABLE = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.RemoteProtocolError,
+    httpx.ReadError,
+    httpx.WriteError,
+)
+
 
 def _json_reply(status: int, message: str, code: Any = None) -> Response:
     return Response(error_json(status, message, code=code), status, media_type="application/json")
@@ -205,7 +215,12 @@ class Gateway:
     async def _connect(
         self, method: str, headers: Mapping[str, str], body: bytes, candidates: list[str]
     ) -> tuple[httpx.Response | None, str]:
-        """Send to the first candidate that accepts the connection (Envoy's host fallback)."""
+        """Send to the first candidate that answers with response headers.
+
+        A candidate that refuses the connection or resets it before any response header (a
+        replica killed mid-request) costs nothing yet: the next one in the EPP's fallback list
+        gets the request, as Envoy does with ``retry_on: connect-failure,reset``.
+        """
         path = headers.get(":path", "/")
         fwd = _downstream_headers(headers)
         for endpoint in candidates:
@@ -214,8 +229,12 @@ class Gateway:
             )
             try:
                 return await self.http.send(req, stream=True), endpoint
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                log.warning("upstream connect failed", endpoint=endpoint, error=str(exc))
+            except _RETRYABLE as exc:
+                log.warning(
+                    "upstream failed before responding",
+                    endpoint=endpoint,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
         return None, ""
 
     async def _stream_back(

@@ -55,7 +55,8 @@ PRECISE_PREFIX_EPP_CONFIG: dict[str, Any] = {
         {"type": "precise-prefix-cache-scorer"},
         {"type": "queue-scorer"},
         {"type": "kv-cache-utilization-scorer"},
-        {"type": "max-score-picker"},
+        # Two endpoints: the second is the fallback the gateway tries if the first fails.
+        {"type": "max-score-picker", "parameters": {"maxNumOfEndpoints": 2}},
     ],
     "schedulingProfiles": [
         {
