@@ -17,7 +17,6 @@ from llmd_modelservice.validation import load_specs
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = ROOT / "examples" / "modelservice"
-DEPLOY_MODELS = ROOT / "deploy" / "kustomize" / "base" / "models"
 
 
 def _example(name: str) -> Any:
@@ -277,19 +276,3 @@ def test_render_cli_stdout_and_out_dir(tmp_path: Path, capsys: pytest.CaptureFix
     assert "kustomization.yaml" in names and "inferencepool-sim-small.yaml" in names
     assert main(["render", spec, "--kvmanager", "tcp://kv.llmd:5557"]) == 0
     assert "tcp://kv.llmd:5557" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.stem)
-def test_committed_kustomize_bases_match_render(path: Path, tmp_path: Path) -> None:
-    (ms,) = load_specs([path])
-    base = DEPLOY_MODELS / ms.name
-    if not base.is_dir():
-        pytest.skip(
-            f"{base.relative_to(ROOT)} is not generated yet (deploy/ is built from "
-            f"`llmd-modelservice render {path.relative_to(ROOT)} "
-            f"--out-dir {base.relative_to(ROOT)}`)"
-        )
-    write_base(render(ms), tmp_path / "fresh")
-    committed = {p.name: p.read_text() for p in base.glob("*.yaml")}
-    fresh = {p.name: p.read_text() for p in (tmp_path / "fresh").glob("*.yaml")}
-    assert committed == fresh
