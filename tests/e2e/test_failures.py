@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 pytestmark = pytest.mark.e2e
 
 QWEN, SAT = "Qwen/Qwen3-0.6B", "sat-model"
+LONG = 600
 
 
 def chat(model: str, max_tokens: int = 4, text: str = "Hello there") -> dict[str, object]:
@@ -98,10 +99,12 @@ def test_saturated_pool_sheds_sheddable_and_queues_critical(stack: RunningStack)
         return stack.metric_sum(engine.endpoint, name)
 
     with ThreadPoolExecutor(4) as pool:
-        # One request runs (max-num-seqs 1), a second waits: the pool is saturated.
-        long1 = pool.submit(post, "critical", 300)
+        # One request runs (max-num-seqs 1), a second waits: the pool is saturated. They are
+        # long (~600 decode steps, ~7 s) so that the first still runs, and the pool stays
+        # saturated, through the checks below even on a slow, busy machine.
+        long1 = pool.submit(post, "critical", LONG)
         wait_for(lambda: gauge("vllm:num_requests_running") >= 1, 20, "the first to run")
-        long2 = pool.submit(post, "critical", 300)
+        long2 = pool.submit(post, "critical", LONG)
         wait_for(lambda: gauge("vllm:num_requests_waiting") >= 1, 20, "the second to wait")
 
         shed = post("sheddable", 4)
@@ -111,7 +114,8 @@ def test_saturated_pool_sheds_sheddable_and_queues_critical(stack: RunningStack)
         queued = pool.submit(post, "critical", 4)
         wait_for(lambda: flow_queue(stack) >= 1, 20, "the critical request to be queued")
         assert not queued.done()
-        assert queued.result(120).status_code == 200
+        done = queued.result(120)
+        assert done.status_code == 200, done.text
         assert long1.result(120).status_code == 200
         assert long2.result(120).status_code == 200
     wait_for(lambda: flow_queue(stack) == 0, 10, "the flow-control queue to drain")

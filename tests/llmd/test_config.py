@@ -110,6 +110,9 @@ def test_documents_wire_the_components_together(tmp_path: Path) -> None:
     llama = next(p for p in gw["pools"] if p["name"] == "llama")
     assert llama["models"] == ["meta-llama/Llama-3.1-8B-Instruct", "ski-resorts"]
     assert llama["epp"]["target"] == "127.0.0.1:9102"
+    # The EPP holds its answer while flow control queues a request (30 s TTL by default): a
+    # shorter ext_proc message timeout would fail queued requests with a 504 first.
+    assert llama["epp"]["message_timeout_s"] > 30
     assert bbr_doc(cfg)["adapters"] == {"meta-llama/Llama-3.1-8B-Instruct": ["ski-resorts"]}
 
     plan = build_plan(cfg, tmp_path)

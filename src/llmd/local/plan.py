@@ -191,6 +191,10 @@ def gateway_doc(cfg: StackConfig) -> dict[str, Any]:
                     # whole exchange, so it learns usage and the served endpoint.
                     "request_body_mode": "FULL_DUPLEX_STREAMED",
                     "response_body_mode": "FULL_DUPLEX_STREAMED",
+                    # Flow control holds the EPP's answer while a request is queued (up to its
+                    # TTL), so the stream must outlive that; the Inference Extension's Envoy
+                    # Gateway example sets messageTimeout: 1000s for the same reason.
+                    "message_timeout_s": 1000.0,
                 },
             }
             for i, m in enumerate(cfg.models)

@@ -226,6 +226,21 @@ async def test_a_silent_processor_times_out_unless_failure_mode_allow(
         await srv.stop(0)
 
 
+async def test_an_exchange_closes_cleanly_after_a_processor_timed_out() -> None:
+    # A timed-out read cancels the gRPC call; a plain close() must not then raise the
+    # call's CancelledError into the caller (the dev gateway answered a bare 500 with it).
+    srv = await _serve(_Silent())
+    try:
+        cfg = FilterConfig("slow", f"127.0.0.1:{srv.port}", message_timeout=0.2)
+        async with EnvoyClient([cfg]) as c:
+            ex = c.exchange()
+            out = await ex.process_request({":path": "/"}, [b"{}"])
+            await ex.close()
+        assert out.local_reply is not None and out.local_reply.status == 504
+    finally:
+        await srv.stop(0)
+
+
 async def test_an_unreachable_processor_is_a_500() -> None:
     async with EnvoyClient([FilterConfig("gone", "127.0.0.1:1", message_timeout=1.0)]) as c:
         ex = c.exchange()

@@ -163,6 +163,10 @@ class _FilterStream:
         if cancel:
             self._call.cancel()
             return
+        if self._call.done():
+            # Already over: a timed-out read cancels the whole RPC, and reading a cancelled
+            # call raises CancelledError, which must not escape as if our task were cancelled.
+            return
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
             await self._call.done_writing()
         # Drain so the server's stream ends cleanly (its close hook sees a complete exchange).
