@@ -125,7 +125,12 @@ def build_state(cfg: SimConfig) -> SimState:
             enable_kv_events=cfg.kv_events.enabled,
             use_int_hashes=cfg.use_int_block_hashes,
         )
-        publisher = ZmqEventPublisher(cfg.kv_events, rank) if cfg.kv_events.enabled else None
+        try:
+            publisher = ZmqEventPublisher(cfg.kv_events, rank) if cfg.kv_events.enabled else None
+        except ConfigError:
+            for p in publishers:  # the ranks already started
+                p.close()
+            raise
         if publisher is not None:
             publishers.append(publisher)
         runners.append(
