@@ -139,3 +139,16 @@ def test_a_taken_kv_events_port_is_one_line_and_exit_2() -> None:
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("llmd-sim: error: --kv-events-config: endpoint tcp://*:"), last
     assert "in use" in last, last
+
+
+def test_a_taken_http_port_is_one_line_and_exit_2() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        res = _run("--host", "127.0.0.1", "--port", str(port))
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"llmd-sim: error: --port {port}: "), last
+    assert "in use" in last, last
