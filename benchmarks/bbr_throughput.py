@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,8 @@ MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 SIZES = {"4KiB": 4 * 1024, "64KiB": 64 * 1024}
 MODES = {"buffered": 2, "full-duplex": 4}  # ProcessingMode.BodySendMode values
 CHUNK = 16 * 1024  # what Envoy typically hands on per read in streamed modes
+# Generous: on a small shared machine a `--workers N` server can take tens of seconds to listen.
+START_TIMEOUT_S = 120.0
 TARGET_COST_RATIO = 1.3
 
 
@@ -106,7 +108,7 @@ class Server:
         self.metrics_port = 0
         if kind.startswith("echo") or kind == "sdk":
             self.proc = spawn([__file__, "--serve", kind, "--port", str(self.port)])
-            wait_for_port(self.port, proc=self.proc)
+            self._wait_or_stop(lambda: wait_for_port(self.port, START_TIMEOUT_S, self.proc))
             return
         self.metrics_port = free_port()
         bbr = Path(sys.executable).with_name("llmd-bbr")
@@ -125,9 +127,17 @@ class Server:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_for_port(self.port, proc=self.proc)
+        self._wait_or_stop(lambda: wait_for_port(self.port, START_TIMEOUT_S, self.proc))
         if workers > 1:
-            self._wait_workers_ready()
+            self._wait_or_stop(self._wait_workers_ready)
+
+    def _wait_or_stop(self, wait: Callable[[], None]) -> None:
+        """A server that does not come up is stopped, not left running after the benchmark."""
+        try:
+            wait()
+        except BaseException:
+            stop(self.proc)
+            raise
 
     def _wait_workers_ready(self) -> None:
         import urllib.request
@@ -359,8 +369,10 @@ def main() -> int:
 
     cases: list[dict[str, Any]] = []
     for mode in modes:
-        servers = {"echo": Server(f"echo-{mode}"), "sdk": Server("sdk"), "bbr": Server("bbr")}
+        servers: dict[str, Server] = {}
         try:
+            for kind in (f"echo-{mode}", "sdk", "bbr"):
+                servers[kind.split("-")[0]] = Server(kind)
             for size_name, size in SIZES.items():
                 rounds: dict[str, list[dict[str, float]]] = {k: [] for k in servers}
                 for _ in range(args.rounds):

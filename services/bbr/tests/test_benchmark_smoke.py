@@ -43,3 +43,35 @@ def test_bbr_throughput_smoke(tmp_path: Path) -> None:
         assert case["cost_ratio_cpu"] > 0
     (one,) = doc["workers_scaling"]
     assert one["workers"] == 1 and one["rps"] > 0
+
+
+def test_a_server_that_never_listens_is_stopped_not_orphaned(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bbr_throughput as bench
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    started: list[subprocess.Popen[bytes]] = []
+
+    def spawn(args: list[str]) -> subprocess.Popen[bytes]:
+        # A stand-in server process that never listens.
+        proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        started.append(proc)
+        return proc
+
+    def never_listens(*_: object) -> None:
+        raise TimeoutError("nothing listens")
+
+    monkeypatch.setattr(bench, "spawn", spawn)
+    monkeypatch.setattr(bench, "wait_for_port", never_listens)
+    try:
+        with pytest.raises(TimeoutError):
+            bench.Server("sdk")
+        (proc,) = started
+        assert proc.poll() is not None, "the benchmark left its server running"
+    finally:
+        for p in started:  # whatever the outcome, this test leaves nothing behind
+            p.kill()
+            p.wait()

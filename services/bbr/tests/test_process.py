@@ -209,6 +209,28 @@ def test_bad_model_file_at_startup_is_refused(tmp_path: Path) -> None:
     assert event["level"] == "error" and "cannot point to itself" in event["error"]
 
 
+@pytest.mark.parametrize("taken", ["grpc", "health", "metrics"])
+def test_a_taken_port_is_one_logged_line_and_exit_2(taken: str) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        ports = {"grpc": 0, "health": 0, "metrics": 0, taken: port}
+        proc = subprocess.run(
+            [str(LLMD_BBR), "--host=127.0.0.1", f"--grpc-port={ports['grpc']}",
+             f"--health-port={ports['health']}", f"--metrics-port={ports['metrics']}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "never awaited" not in proc.stderr, proc.stderr
+    # gRPC's C core prints its own line for a failed bind; ours is the JSON one.
+    (event,) = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    assert event["event"] == "cannot start" and event["level"] == "error"
+    assert f"127.0.0.1:{port}" in event["error"], event
+
+
 # --------------------------------------------------------------------------- shutdown
 async def test_sigterm_drains_open_streams_and_refuses_new_ones(spawn) -> None:  # type: ignore[no-untyped-def]
     p = spawn("--grace-period=20")

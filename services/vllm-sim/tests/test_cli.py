@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -90,3 +91,64 @@ def test_injected_crash_kills_the_process(sim_process: Any) -> None:
     while sim.proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert sim.proc.returncode == 1
+
+
+@pytest.mark.parametrize(
+    ("config", "needle"),
+    [
+        (
+            '{"enable_kv_cache_events": true, "buffer_steps": "x"}',
+            "buffer_steps must be an integer",
+        ),
+        (
+            '{"enable_kv_cache_events": true, "endpoint": 5}',
+            "endpoint must be a string, got a number",
+        ),
+        ('{"enable_kv_cache_events": "yes"}', "enable_kv_cache_events must be a boolean"),
+        ('{"enable_kv_cache_events": true, "hwm": -1}', "hwm must be >= 0"),
+        ('{"enable_kv_cache_events": true, "topic": 7}', "topic must be a string"),
+        ('{"enable_kv_cache_events": true, "replay_endpoint": []}', "replay_endpoint must be"),
+    ],
+)
+def test_kv_events_config_field_types_are_checked(config: str, needle: str) -> None:
+    with pytest.raises(ConfigError, match=f"--kv-events-config: {needle}"):
+        parse_args(["--kv-events-config", config])
+
+
+def test_kv_transfer_config_field_types_are_checked() -> None:
+    with pytest.raises(ConfigError, match="--kv-transfer-config: kv_connector_extra_config must"):
+        parse_args(
+            [
+                "--kv-transfer-config",
+                '{"kv_connector": "NixlConnector", "kv_connector_extra_config": 1}',
+            ]
+        )
+    with pytest.raises(ConfigError, match="--kv-transfer-config: kv_role must be a string or null"):
+        parse_args(["--kv-transfer-config", '{"kv_connector": "NixlConnector", "kv_role": 3}'])
+
+
+def test_a_taken_kv_events_port_is_one_line_and_exit_2() -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = f'{{"enable_kv_cache_events": true, "endpoint": "tcp://*:{port}"}}'
+        res = _run("--kv-events-config", config)
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("llmd-sim: error: --kv-events-config: endpoint tcp://*:"), last
+    assert "in use" in last, last
+
+
+def test_a_taken_http_port_is_one_line_and_exit_2() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        res = _run("--host", "127.0.0.1", "--port", str(port))
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"llmd-sim: error: --port {port}: "), last
+    assert "in use" in last, last

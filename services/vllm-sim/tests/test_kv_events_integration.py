@@ -162,6 +162,7 @@ def test_events_rebuild_the_engine_cache_exactly(sim_process: Any) -> None:
         chain: list[Hash] = []
         for e in stored:
             assert e.medium == "GPU" and e.block_size == BS and e.lora_id is None
+            assert (e.group_idx, e.kv_cache_spec_kind) == (0, "full_attention")
             assert len(e.token_ids) == BS * len(e.block_hashes)
             chain.extend(e.block_hashes)
             if len(chain) >= len(expected):
@@ -180,7 +181,7 @@ def test_events_rebuild_the_engine_cache_exactly(sim_process: Any) -> None:
                     counts.update(e.block_hashes)
                 elif isinstance(e, BlockRemoved):
                     removed_any = True
-                    assert e.medium == "GPU"
+                    assert e.medium == "GPU" and e.group_idx == 0
                     for h in e.block_hashes:
                         assert counts[h] > 0, "removed a block never stored"
                         counts[h] -= 1

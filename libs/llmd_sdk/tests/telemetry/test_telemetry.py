@@ -5,6 +5,7 @@ import json
 import logging
 
 import httpx
+import structlog
 from llmd_sdk.telemetry import (
     bind_request_context,
     clear_request_context,
@@ -88,3 +89,18 @@ def test_metrics_server_exposes_its_registry() -> None:
         server.close()
     assert "llmd_test_things_total 3.0" in text
     assert "python_gc" not in text  # only the service's own registry
+
+
+def test_a_logger_made_before_configuration_logs_as_configured() -> None:
+    # Services create module-level loggers at import, before main() configures logging.
+    structlog.reset_defaults()
+    early = get_logger("llmd_sim.server", component="engine")
+    buf = io.StringIO()
+    configure_logging("svc", level="WARNING", stream=buf)
+    early.info("filtered out by the level")
+    early.warning("ready", port=8000)
+    (line,) = buf.getvalue().splitlines()
+    event = json.loads(line)
+    assert event["event"] == "ready" and event["service"] == "svc"
+    assert event["logger"] == "llmd_sim.server" and event["component"] == "engine"
+    assert event["port"] == 8000 and event["level"] == "warning"

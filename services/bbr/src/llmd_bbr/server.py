@@ -126,9 +126,13 @@ class BBRApp:
         if self._health_server is not None:
             await self._health_server.start()
         if self._serve_metrics:
-            self._metrics_server = start_metrics_server(
-                self.settings.metrics_port, self.registry, self.settings.host
-            )
+            try:
+                self._metrics_server = start_metrics_server(
+                    self.settings.metrics_port, self.registry, self.settings.host
+                )
+            except OSError as exc:
+                address = f"{self.settings.host}:{self.settings.metrics_port}"
+                raise OSError(f"cannot bind metrics address {address}: {exc.strerror}") from None
             self.metrics_port = self._metrics_server.port
         if self.watcher is not None:
             self.watcher.start()
@@ -140,6 +144,15 @@ class BBRApp:
         while True:
             self.metrics.set_active(self.servicer.active_streams)
             await asyncio.sleep(0.5)
+
+    async def abort(self) -> None:
+        """Close what `start` opened before it failed (no drain: nothing was served)."""
+        self._shut_down = True
+        await self._ext_proc.stop(0)
+        if self._health_server is not None:
+            await self._health_server.stop(0)
+        if self._metrics_server is not None:
+            await asyncio.to_thread(self._metrics_server.close)
 
     async def shutdown(self, grace: float | None = None) -> None:
         """NOT_SERVING, refuse new streams, let open ones finish for `grace` seconds."""
@@ -178,14 +191,20 @@ async def serve(
     if worker_index is not None:
         log = log.bind(worker=worker_index, pid=os.getpid())
     worker = worker_index is not None
-    app = BBRApp(settings, serve_health_port=not worker, serve_metrics=not worker, log=log)
+    try:
+        app = BBRApp(settings, serve_health_port=not worker, serve_metrics=not worker, log=log)
+    except OSError as exc:  # a gRPC port is taken
+        log.error("cannot start", error=str(exc))
+        return 2
     try:
         await app.start()
     except TableError as exc:
         log.error("cannot start: model file not loaded", error=str(exc))
+        await app.abort()
         return 2
     except OSError as exc:
         log.error("cannot start", error=str(exc))
+        await app.abort()
         return 2
     log.info(
         "serving",

@@ -134,10 +134,69 @@ def _dataclass_from(flag: str, cls: type[Any], data: dict[str, Any]) -> Any:
         raise ConfigError(f"{flag}: {exc}") from None
 
 
+# JSON types of the config fields we read: a value of another type would otherwise surface later
+# as a traceback from zmq or the queue (vLLM's pydantic config rejects it at startup too).
+_BOOL, _INT, _STR, _OPT_STR, _OBJECT = (
+    "a boolean",
+    "an integer",
+    "a string",
+    "a string or null",
+    "an object",
+)
+_KV_EVENTS_TYPES = {
+    "enable_kv_cache_events": _BOOL,
+    "publisher": _STR,
+    "endpoint": _STR,
+    "replay_endpoint": _OPT_STR,
+    "buffer_steps": _INT,
+    "hwm": _INT,
+    "max_queue_size": _INT,
+    "topic": _STR,
+}
+_KV_TRANSFER_TYPES = {
+    "kv_connector": _OPT_STR,
+    "kv_role": _OPT_STR,
+    "engine_id": _OPT_STR,
+    "kv_connector_extra_config": _OBJECT,
+}
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
+
+
+def _check_types(flag: str, data: dict[str, Any], types: dict[str, str]) -> None:
+    """Each known field has its JSON type; integers are >= 0. Raises ConfigError naming it."""
+    for name, want in types.items():
+        if name not in data:
+            continue
+        value = data[name]
+        ok = {
+            _BOOL: isinstance(value, bool),
+            _INT: isinstance(value, int) and not isinstance(value, bool),
+            _STR: isinstance(value, str),
+            _OPT_STR: value is None or isinstance(value, str),
+            _OBJECT: isinstance(value, dict),
+        }[want]
+        if not ok:
+            raise ConfigError(f"{flag}: {name} must be {want}, got {_json_type(value)}")
+        if want == _INT and value < 0:
+            raise ConfigError(f"{flag}: {name} must be >= 0, got {value}")
+
+
 def parse_kv_events(raw: str | None) -> KVEventsConfig:
     if not raw:
         return KVEventsConfig()
     data = _json_arg("--kv-events-config", raw)
+    _check_types("--kv-events-config", data, _KV_EVENTS_TYPES)
     if data.get("enable_kv_cache_events") and "publisher" not in data:
         data["publisher"] = "zmq"  # vLLM picks zmq when events are enabled
     cfg: KVEventsConfig = _dataclass_from("--kv-events-config", KVEventsConfig, data)
@@ -154,6 +213,7 @@ def parse_kv_transfer(raw: str | None) -> KVTransferConfig:
     data = _json_arg("--kv-transfer-config", raw)
     # vLLM's config has many more fields; keep the ones we read, ignore the rest.
     keep = {k: data[k] for k in KVTransferConfig.__dataclass_fields__ if k in data}
+    _check_types("--kv-transfer-config", keep, _KV_TRANSFER_TYPES)
     cfg: KVTransferConfig = _dataclass_from("--kv-transfer-config", KVTransferConfig, keep)
     return cfg
 

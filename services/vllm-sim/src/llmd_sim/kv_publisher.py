@@ -21,7 +21,7 @@ from collections import deque
 import zmq
 from llmd_sdk.kvcache.events import END_SEQ, KVEventBatch, encode_batch, encode_seq
 
-from llmd_sim.config import KVEventsConfig
+from llmd_sim.config import ConfigError, KVEventsConfig
 
 
 def offset_endpoint_port(endpoint: str | None, data_parallel_rank: int) -> str | None:
@@ -64,15 +64,28 @@ class ZmqEventPublisher:
         self._pub = self._ctx.socket(zmq.PUB)
         self._pub.set_hwm(config.hwm)
         self._pub.setsockopt(zmq.LINGER, 0)
-        if _binds(self.endpoint):
-            self._pub.bind(self.endpoint)
-        else:
-            self._pub.connect(self.endpoint)
         self._replay: zmq.Socket[bytes] | None = None
-        if self.replay_endpoint:
-            self._replay = self._ctx.socket(zmq.ROUTER)
-            self._replay.setsockopt(zmq.LINGER, 0)
-            self._replay.bind(self.replay_endpoint)
+        try:
+            if _binds(self.endpoint):
+                self._pub.bind(self.endpoint)
+            else:
+                self._pub.connect(self.endpoint)
+            if self.replay_endpoint:
+                self._replay = self._ctx.socket(zmq.ROUTER)
+                self._replay.setsockopt(zmq.LINGER, 0)
+                self._replay.bind(self.replay_endpoint)
+        except zmq.ZMQError as exc:
+            # A taken port or a malformed address is a configuration error: one line naming
+            # the flag and the address, not a traceback from zmq.
+            self._pub.close(linger=0)
+            if self._replay is not None:
+                self._replay.close(linger=0)
+            which = "replay_endpoint" if self._replay is not None else "endpoint"
+            addr = self.replay_endpoint if self._replay is not None else self.endpoint
+            raise ConfigError(
+                f"--kv-events-config: {which} {addr} (data parallel rank {self.rank}): "
+                f"{exc.strerror}"
+            ) from None
         self.bound = self._last_endpoint(self._pub)
         self.bound_replay = self._last_endpoint(self._replay) if self._replay else None
         self._seq = 0

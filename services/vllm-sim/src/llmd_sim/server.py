@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sys
 import time
 import uuid
@@ -125,7 +126,12 @@ def build_state(cfg: SimConfig) -> SimState:
             enable_kv_events=cfg.kv_events.enabled,
             use_int_hashes=cfg.use_int_block_hashes,
         )
-        publisher = ZmqEventPublisher(cfg.kv_events, rank) if cfg.kv_events.enabled else None
+        try:
+            publisher = ZmqEventPublisher(cfg.kv_events, rank) if cfg.kv_events.enabled else None
+        except ConfigError:
+            for p in publishers:  # the ranks already started
+                p.close()
+            raise
         if publisher is not None:
             publishers.append(publisher)
         runners.append(
@@ -404,13 +410,37 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(ImportError):
             __import__(mod)
             kwargs[opt] = mod
+    try:
+        # Bound here rather than by uvicorn, which would log the failure and exit 3: a taken
+        # port is a bad flag like any other, one line and exit 2.
+        sock = _bind(cfg.host, cfg.port)
+    except OSError as exc:
+        for p in state.publishers:
+            p.close()
+        print(f"llmd-sim: error: --port {cfg.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     server = _Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, **kwargs))
     try:
-        server.run()
-    except OSError as exc:  # e.g. the port is taken
-        print(f"llmd-sim: error: --port {cfg.port}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
     return 0 if server.started or server.stop_signal else 1
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening-ready TCP socket on `host:port`, set up as uvicorn sets up its own."""
+    family, kind, proto, _, addr = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
 
 
 if __name__ == "__main__":

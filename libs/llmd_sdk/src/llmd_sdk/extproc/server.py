@@ -65,9 +65,15 @@ class GrpcServer:
         self.server = grpc.aio.server(options=options)
         for register in registrars:
             register(self.server)
-        self.port = self.server.add_insecure_port(address)
+        try:
+            self.port = self.server.add_insecure_port(address)
+        except RuntimeError:  # grpcio raises RuntimeError("Failed to bind ...") for a taken port
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot bind gRPC address {address}")
+            # Nothing was bound, so there is nothing to stop; drop the server object now, while
+            # the event loop still runs its cleanup, instead of at interpreter exit.
+            del self.server
+            raise OSError(f"cannot bind gRPC address {address} (in use, or not a local address)")
         self.address = address
 
     async def start(self) -> None:

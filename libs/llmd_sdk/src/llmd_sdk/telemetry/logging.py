@@ -86,11 +86,43 @@ def _service_adder(service: str) -> Any:
 
 
 def get_logger(name: str | None = None, **initial: Any) -> Any:
-    """A structlog logger; `name` is recorded as `logger`."""
-    log = structlog.get_logger()
+    """A structlog logger; `name` is recorded as `logger`.
+
+    The logger reads the configuration at each call, so a module-level
+    ``log = get_logger(__name__)``, created at import before `configure_logging` runs, still
+    logs as configured (binding eagerly would freeze structlog's console defaults into it).
+    """
     if name:
         initial["logger"] = name
-    return log.bind(**initial) if initial else log
+    return _LazyLogger(initial)
+
+
+class _LazyLogger:
+    """Bound context now, structlog logger (from the configuration in force) at each call."""
+
+    __slots__ = ("_context",)
+
+    def __init__(self, context: dict[str, Any]) -> None:
+        self._context = context
+
+    def bind(self, **values: Any) -> _LazyLogger:
+        return _LazyLogger({**self._context, **values})
+
+    def new(self, **values: Any) -> _LazyLogger:
+        return _LazyLogger(values)
+
+    def unbind(self, *keys: str) -> _LazyLogger:
+        missing = [k for k in keys if k not in self._context]
+        if missing:
+            raise KeyError(missing[0])
+        return self.try_unbind(*keys)
+
+    def try_unbind(self, *keys: str) -> _LazyLogger:
+        return _LazyLogger({k: v for k, v in self._context.items() if k not in keys})
+
+    def __getattr__(self, name: str) -> Any:
+        # info, warning, exception, ...: the method of a logger built from today's config.
+        return getattr(structlog.get_logger().bind(**self._context), name)
 
 
 def bind_request_context(**values: Any) -> None:

@@ -14,6 +14,8 @@ Semantics carried over from vLLM (``vllm/v1/core/block_pool.py``, ``kv_cache_man
   tokens come from the prompt or from decoding. A cache hit is capped so that at least one prompt
   token is always computed.
 - ``reset`` clears the prefix cache only when no block is in use (``AllBlocksCleared``).
+- Every ``BlockStored`` carries ``group_idx=0`` and ``kv_cache_spec_kind="full_attention"``, every
+  ``BlockRemoved`` ``group_idx=0``: the one KV-cache group of a plain decoder model, as vLLM tags it.
 
 Optional CPU tier: blocks evicted from the GPU are kept in a bounded LRU on the "CPU" medium
 (``BlockStored``/``BlockRemoved`` with ``medium="CPU"``); a prefix that continues there is loaded
@@ -39,6 +41,9 @@ from llmd_sdk.kvcache.hashing import to_external
 from llmd_sim.engine.request import BlockHash, Request
 
 KVEvent = BlockStored | BlockRemoved | AllBlocksCleared
+# vLLM (0.26 on) tags each event with its KV-cache group; a plain decoder model has one group,
+# index 0, of full attention, and its events say so.
+FULL_ATTENTION = "full_attention"
 
 
 class Hasher(Protocol):
@@ -432,6 +437,8 @@ class KVCacheManager:
                 medium=medium,
                 lora_name=lora.name if lora else None,
                 extra_keys=extras if any(e is not None for e in extras) else None,
+                group_idx=0,
+                kv_cache_spec_kind=FULL_ATTENTION,
             )
         )
 
@@ -454,7 +461,7 @@ class KVCacheManager:
                 if not dups:
                     del self._dups[h]
         if self.enable_events:
-            self._emit(BlockRemoved(block_hashes=[self._ext(h)], medium=MEDIUM_GPU))
+            self._emit(BlockRemoved(block_hashes=[self._ext(h)], medium=MEDIUM_GPU, group_idx=0))
         meta = self.block_meta.pop(b, None) if self.cpu_capacity else None
         if meta is not None:
             self._offload(h, meta)
@@ -467,7 +474,9 @@ class KVCacheManager:
         if len(cpu) >= self.cpu_capacity:
             old, _ = cpu.popitem(last=False)
             if self.enable_events:
-                self._emit(BlockRemoved(block_hashes=[self._ext(old)], medium=MEDIUM_CPU))
+                self._emit(
+                    BlockRemoved(block_hashes=[self._ext(old)], medium=MEDIUM_CPU, group_idx=0)
+                )
         cpu[h] = meta
         if self.enable_events:
             self._emit(
@@ -480,6 +489,8 @@ class KVCacheManager:
                     medium=MEDIUM_CPU,
                     lora_name=meta.lora_name,
                     extra_keys=[meta.extra] if meta.extra is not None else None,
+                    group_idx=0,
+                    kv_cache_spec_kind=FULL_ATTENTION,
                 )
             )
 
