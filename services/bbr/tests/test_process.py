@@ -174,7 +174,7 @@ def _settings_error(args: list[str], env: dict[str, str] | None = None) -> list[
         [str(LLMD_BBR), *args],
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=120,
         env={**os.environ, **(env or {})},
     )
     assert proc.returncode == 2, proc.stderr
@@ -201,7 +201,7 @@ def test_bad_model_file_at_startup_is_refused(tmp_path: Path) -> None:
          "--metrics-port=0", "--host=127.0.0.1"],
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=120,
     )  # fmt: skip
     assert proc.returncode == 2
     (line,) = proc.stderr.strip().splitlines()

@@ -209,7 +209,7 @@ def test_serve_port_in_use_is_one_line(tmp_path: Path) -> None:
             [*CLI, "serve", str(spec), "--port", str(port), "--log-dir", str(tmp_path)],
             capture_output=True,
             text=True,
-            timeout=30,
+            timeout=120,
         )
     assert out.returncode == 1
     assert out.stderr.strip().splitlines()[-1] == (
