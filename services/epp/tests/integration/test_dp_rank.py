@@ -8,7 +8,6 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 
 from .conftest import Driver, Engine, epp_settings, start_engines, stop_procs, wait_scraped
@@ -55,7 +54,7 @@ async def test_rank_header_reaches_the_engine_and_in_flight_requests_spread(
         done = await driver.send(body(0), {"x-data-parallel-rank": "7"})
         assert done.status == 200
         assert done.headers["x-data-parallel-rank"] == "0"
-        stats = httpx.get(f"{group.url}/admin/stats", timeout=5).json()
+        stats = (await driver.http.get(f"{group.url}/admin/stats")).json()
         assert stats["dp_ranks"] == ["0"]
         # Four requests held in flight (exchanges open, no response yet): one per rank.
         hdrs = {":method": "POST", ":path": "/v1/completions", "content-type": "application/json"}
