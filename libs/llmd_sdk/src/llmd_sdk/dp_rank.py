@@ -175,6 +175,14 @@ class RankBalancer:
         self._load[choice.rank] += _work(request, choice.rank)
         return choice
 
+    def charge(self, rank: int, tokens: float) -> None:
+        """Add ``tokens`` of work to ``rank`` (a caller that chose the rank itself)."""
+        if rank not in self._load:
+            raise ValueError(f"rank: {rank} is not in this group")
+        if not tokens >= 0:
+            raise ValueError(f"tokens: must be >= 0, got {tokens}")
+        self._load[rank] += tokens
+
     def release(self, rank: int, tokens: float) -> None:
         """``tokens`` of ``rank``'s work are done (never below zero)."""
         if rank not in self._load:

@@ -108,3 +108,14 @@ def test_balancer_exposes_ranks_and_per_rank_load() -> None:
     choice = balancer.assign(RankRequest(300, {6: 100}, decode_tokens=20))
     assert choice.rank == 6  # equal loads: the cached prefix makes rank 6 the cheapest
     assert balancer.load(6) == 220.0 and balancer.load(4) == 0.0
+
+
+def test_charge_adds_work_to_a_chosen_rank_and_validates() -> None:
+    balancer = RankBalancer([0, 1])
+    balancer.charge(1, 250)
+    assert balancer.load(1) == 250.0
+    assert balancer.assign(RankRequest(100, {})).rank == 0
+    with pytest.raises(ValueError, match="rank: 5"):
+        balancer.charge(5, 1)
+    with pytest.raises(ValueError, match="tokens: must be >= 0"):
+        balancer.charge(0, -1)

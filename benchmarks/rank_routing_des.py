@@ -1,0 +1,241 @@
+"""Rank routing inside one DP=8 wide-EP group, in vllm-sim's discrete-event simulator.
+
+`llmd_sim.dp_group.DPGroupSimulator` runs 8 engine cores (vLLM's scheduler and prefix cache, the
+calibrated H100 latency model) that step in lockstep: each group step lasts as long as the
+slowest rank's batch. A router picks the rank of every request (the `x-data-parallel-rank`
+header). Compared on the same trace, in the same run:
+
+- `least-load`: fewest tokens in flight (prompt + decode, charged at routing, released at
+  finish), blind to prefix caches. The baseline every ratio is taken against.
+- `vllm-dp-lb`: vLLM's own DP balancing score, lowest waiting * 4 + running.
+- `sdk-balancer`: `llmd_sdk.dp_rank.RankBalancer` (bottleneck + affinity cost, weight 1) with
+  each rank's GPU prefix hit of the prompt.
+- `epp-dp-rank-balancer`: the EPP's `dp-rank-balancer` plugin, loaded from EndpointPickerConfig
+  YAML and driven through `llmd_epp.scheduling` (schedule, pre_request, response_complete), its
+  per-rank prefix hits from the engines' caches (what kvmanager would report). The rank is read
+  back from the `x-data-parallel-rank` header it sets.
+
+Workload: `llmd.bench.workload` (shared system prompts per user group, multi-turn chats whose
+history grows, Poisson conversation starts), tokenized with the SDK's built-in tokenizer.
+
+    uv run --no-sync python benchmarks/rank_routing_des.py --out benchmarks/data/rank_routing_des.json
+    uv run --no-sync python benchmarks/rank_routing_des.py --smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from llmd.bench.workload import WorkloadSpec, build_trace
+
+EPP_CONFIG = """\
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: dp-rank-balancer
+  parameters: {{dataParallelSize: {ranks}, expectedDecodeTokens: {decode}, affinityWeight: 1}}
+- type: max-score-picker
+schedulingProfiles:
+- name: default
+  plugins:
+  - {{pluginRef: dp-rank-balancer, weight: 1}}
+  - {{pluginRef: max-score-picker}}
+"""
+ROUTERS = ("least-load", "vllm-dp-lb", "sdk-balancer", "epp-dp-rank-balancer")
+
+
+@dataclass(slots=True)
+class Options:
+    ranks: int = 8
+    rates: Sequence[float] = (8.0, 16.0, 24.0, 32.0)  # requests per second into the group
+    workload: WorkloadSpec = field(
+        default_factory=lambda: WorkloadSpec(
+            seed=0, groups=16, users_per_group=8, turns=4, system_words=1500, output_tokens=128
+        )
+    )
+    num_gpu_blocks: int = 4096  # per rank: 64k tokens of KV (wide-EP ranks hold big models)
+    max_num_seqs: int = 128
+    routers: Sequence[str] = ROUTERS
+
+
+class EppRankRouter:
+    """The EPP's scheduling core with `dp-rank-balancer`, one endpoint standing for the group."""
+
+    def __init__(self, ranks: int, decode_tokens: int) -> None:
+        from llmd_epp.pickerconfig import load_picker_config
+        from llmd_epp.scheduling import DP_RANK_HEADER, Endpoint
+
+        cfg = load_picker_config(
+            EPP_CONFIG.format(ranks=ranks, decode=decode_tokens),
+            seed=1,
+            deps={"dp_rank_prefix_source": self},
+        )
+        self.scheduler = cfg.scheduler
+        self.header = DP_RANK_HEADER
+        self.group = [Endpoint.at("10.0.0.1:8000")]
+        self._views: Sequence[Any] = ()
+        self._hashes: Sequence[Any] = ()
+        self._open: dict[str, Any] = {}
+
+    # RankPrefixSource: what kvmanager's index would answer per rank (event delay not modelled).
+    def cached_tokens(self, request: Any, endpoint: Any, ranks: Sequence[int]) -> Mapping[int, int]:
+        return {
+            r: self._views[r].cached_prefix_blocks(self._hashes) * self._views[r].block_size
+            for r in ranks
+        }
+
+    def route(self, request: Any, ranks: Sequence[Any]) -> int:
+        from llmd_epp.scheduling import LLMRequest
+
+        self._views, self._hashes = ranks, request.block_hashes or ()
+        req = LLMRequest(
+            request_id=request.request_id, model="m", token_ids=request.prompt_token_ids
+        )
+        result = self.scheduler.schedule(req, self.group, request.arrival)
+        self.scheduler.pre_request(req, result, request.arrival)
+        self._open[request.request_id] = req
+        return int(result.headers[self.header])
+
+    def finished(self, request_id: str, rank: int, now: float) -> None:
+        req = self._open.pop(request_id)
+        self.scheduler.response_complete(req, self.group[0].key, now, None)
+
+
+def make_router(name: str, ranks: int, decode_tokens: int) -> Any:
+    from llmd_sim.dp_group import BalancedRankRouter, LeastRequestsRankRouter, LeastTokensRankRouter
+
+    if name == "least-load":
+        return LeastTokensRankRouter(ranks)
+    if name == "vllm-dp-lb":
+        return LeastRequestsRankRouter()
+    if name == "sdk-balancer":
+        return BalancedRankRouter(ranks, affinity_weight=1.0)
+    if name == "epp-dp-rank-balancer":
+        return EppRankRouter(ranks, decode_tokens)
+    raise ValueError(f"router: unknown {name!r}; known: {', '.join(ROUTERS)}")
+
+
+def make_trace(spec: WorkloadSpec, rate: float) -> list[Any]:
+    from llmd_sdk.tokenizer import load_tokenizer
+    from llmd_sim.trace import TraceRequest
+
+    turns = build_trace(spec, rate)
+    tok = load_tokenizer(None)
+    ids = tok.encode_batch(
+        [tok.apply_chat_template(t.messages) for t in turns], add_special_tokens=False
+    )
+    return [
+        TraceRequest(t.request_id, t.arrival_s, list(p), spec.output_tokens)
+        for t, p in zip(turns, ids, strict=True)
+    ]
+
+
+def run(opts: Options, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """One row per (rate, router); ratios against least-load at the same rate."""
+    from llmd_sim.dp_group import DPGroupSimulator
+    from llmd_sim.engine import EngineConfig
+    from llmd_sim.latency import LatencyModel, load_profile
+
+    profile = load_profile(None)
+    config = EngineConfig(max_num_seqs=opts.max_num_seqs, num_gpu_blocks=opts.num_gpu_blocks)
+    rows: list[dict[str, Any]] = []
+    for rate in opts.rates:
+        trace = make_trace(opts.workload, rate)
+        cell: list[dict[str, Any]] = []
+        for name in opts.routers:
+            router = make_router(name, opts.ranks, opts.workload.output_tokens)
+            sim = DPGroupSimulator(opts.ranks, config, LatencyModel(profile), router)
+            result = sim.run(replace(t, block_hashes=None) for t in trace)
+            s = result.summary()
+            spread = result.per_engine_requests
+            e2e = sorted(r.e2e for r in result.records)
+            cell.append({
+                "rate_rps": rate,
+                "router": name,
+                "requests": s["requests"],
+                "ttft_p50_s": s["ttft_p50_s"],
+                "ttft_p90_s": s["ttft_p90_s"],
+                "e2e_mean_s": sum(e2e) / len(e2e),
+                "e2e_p50_s": s["e2e_p50_s"],
+                "e2e_p90_s": e2e[min(len(e2e) - 1, int(0.9 * len(e2e)))],
+                "throughput_req_s": s["throughput_req_s"],
+                "output_tokens_per_s": s["output_tokens_per_s"],
+                "prefix_hit_rate": s["prefix_hit_rate"],
+                "lockstep_overhead": sim.lockstep_overhead,
+                "group_steps": sim.group_steps,
+                "busiest_rank_share": max(spread) / max(1, sum(spread)),
+                "preemptions": s["preemptions"],
+                "cpu_s": s["cpu_time_s"],
+            })  # fmt: skip
+        base = next((c for c in cell if c["router"] == "least-load"), cell[0])
+        for c in cell:
+            for key in ("ttft_p50_s", "ttft_p90_s", "e2e_mean_s", "throughput_req_s"):
+                c[f"{key}_vs_least_load"] = c[key] / base[key] if base[key] else None
+            log(
+                f"{rate:6.1f} {c['router']:22s} {c['ttft_p50_s'] * 1e3:9.0f} "
+                f"{c['ttft_p90_s'] * 1e3:9.0f} {c['e2e_mean_s']:8.2f} {c['e2e_p90_s']:8.2f} "
+                f"{c['throughput_req_s']:7.2f} {c['prefix_hit_rate']:6.2f} "
+                f"{c['lockstep_overhead']:6.2f} {c['ttft_p90_s_vs_least_load']:9.2f}x "
+                f"{c['e2e_mean_s_vs_least_load']:8.2f}x"
+            )
+        rows.extend(cell)
+    return rows
+
+
+HEADER = (
+    f"{'req/s':>6s} {'router':22s} {'ttft_p50':>9s} {'ttft_p90':>9s} {'e2e_mean':>8s} "
+    f"{'e2e_p90':>8s} {'req/s':>7s} {'hit':>6s} {'lockst':>6s} {'p90 vs LL':>10s} {'e2e vs LL':>9s}"
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--smoke", action="store_true", help="a tiny run (CI)")
+    parser.add_argument("--rates", type=float, nargs="+")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--blocks", type=int, default=4096, help="KV blocks per rank")
+    ns = parser.parse_args(argv)
+    opts = Options(num_gpu_blocks=ns.blocks)
+    opts.workload = replace(opts.workload, seed=ns.seed)
+    if ns.smoke:
+        opts.rates = [16.0]
+        opts.workload = replace(opts.workload, groups=4, users_per_group=4, turns=2)
+    if ns.rates:
+        opts.rates = ns.rates
+    print(f"DP={opts.ranks} lockstep group, {opts.workload.requests} requests per rate, "
+          f"{opts.num_gpu_blocks} KV blocks per rank; times in ms / s of simulated time")  # fmt: skip
+    print(HEADER + "\n" + "-" * len(HEADER))
+    rows = run(opts)
+    print(
+        "\nhit = prefix-cache hit rate (cached / prompt tokens); lockst = busiest rank's step "
+        "time / mean rank's, summed over group steps; vs LL = ratio to least-load in this run "
+        "(lower is better)."
+    )
+    if ns.out:
+        ns.out.parent.mkdir(parents=True, exist_ok=True)
+        ns.out.write_text(json.dumps({
+            "benchmark": "rank_routing_des",
+            "command": " ".join(["python", "benchmarks/rank_routing_des.py",
+                                 *(argv if argv is not None else sys.argv[1:])]),
+            "seed": ns.seed,
+            "ranks": opts.ranks,
+            "num_gpu_blocks_per_rank": opts.num_gpu_blocks,
+            "max_num_seqs": opts.max_num_seqs,
+            "latency_profile": "h100-llama-3.1-8b (packaged default)",
+            "workload": asdict(opts.workload),
+            "machine": platform.platform(),
+            "results": rows,
+        }, indent=2) + "\n")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
