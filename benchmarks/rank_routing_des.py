@@ -8,6 +8,7 @@ header). Compared on the same trace, in the same run:
 - `least-load`: fewest tokens in flight (prompt + decode, charged at routing, released at
   finish), blind to prefix caches. The baseline every ratio is taken against.
 - `vllm-dp-lb`: vLLM's own DP balancing score, lowest waiting * 4 + running.
+- `prefix-only`: the rank caching most of the prompt, then the fewest tokens in flight.
 - `sdk-balancer`: `llmd_sdk.dp_rank.RankBalancer` (bottleneck + affinity cost, weight 1) with
   each rank's GPU prefix hit of the prompt.
 - `epp-dp-rank-balancer`: the EPP's `dp-rank-balancer` plugin, loaded from EndpointPickerConfig
@@ -16,7 +17,12 @@ header). Compared on the same trace, in the same run:
   back from the `x-data-parallel-rank` header it sets.
 
 Workload: `llmd.bench.workload` (shared system prompts per user group, multi-turn chats whose
-history grows, Poisson conversation starts), tokenized with the SDK's built-in tokenizer.
+history grows, Poisson conversation starts), tokenized with the SDK's built-in tokenizer: 16
+groups of 16 users, 4 turns, ~5.4k-token system prompts (prompts of 5.4k-7.2k tokens), 128
+output tokens. The nominal rate is the peak arrival rate; turns are spaced by think times, so
+the trace's mean rate (`arrival_rate_mean`) is lower. Each rate runs with a small KV cache per
+rank (4096 blocks = 64k tokens: less than the 16 system prompts, as for big MoE models) and a
+large one (16384 blocks: everything fits).
 
     uv run --no-sync python benchmarks/rank_routing_des.py --out benchmarks/data/rank_routing_des.json
     uv run --no-sync python benchmarks/rank_routing_des.py --smoke
@@ -48,19 +54,19 @@ schedulingProfiles:
   - {{pluginRef: dp-rank-balancer, weight: 1}}
   - {{pluginRef: max-score-picker}}
 """
-ROUTERS = ("least-load", "vllm-dp-lb", "sdk-balancer", "epp-dp-rank-balancer")
+ROUTERS = ("least-load", "vllm-dp-lb", "prefix-only", "sdk-balancer", "epp-dp-rank-balancer")
 
 
 @dataclass(slots=True)
 class Options:
     ranks: int = 8
-    rates: Sequence[float] = (8.0, 16.0, 24.0, 32.0)  # requests per second into the group
+    rates: Sequence[float] = (4.0, 8.0, 16.0, 32.0, 48.0)  # peak requests/s into the group
     workload: WorkloadSpec = field(
         default_factory=lambda: WorkloadSpec(
-            seed=0, groups=16, users_per_group=8, turns=4, system_words=1500, output_tokens=128
+            seed=0, groups=16, users_per_group=16, turns=4, system_words=1500, output_tokens=128
         )
     )
-    num_gpu_blocks: int = 4096  # per rank: 64k tokens of KV (wide-EP ranks hold big models)
+    num_gpu_blocks: Sequence[int] = (4096, 16384)  # per rank (16 tokens a block)
     max_num_seqs: int = 128
     routers: Sequence[str] = ROUTERS
 
@@ -109,12 +115,19 @@ class EppRankRouter:
 
 
 def make_router(name: str, ranks: int, decode_tokens: int) -> Any:
-    from llmd_sim.dp_group import BalancedRankRouter, LeastRequestsRankRouter, LeastTokensRankRouter
+    from llmd_sim.dp_group import (
+        BalancedRankRouter,
+        LeastRequestsRankRouter,
+        LeastTokensRankRouter,
+        PrefixFirstRankRouter,
+    )
 
     if name == "least-load":
         return LeastTokensRankRouter(ranks)
     if name == "vllm-dp-lb":
         return LeastRequestsRankRouter()
+    if name == "prefix-only":
+        return PrefixFirstRankRouter(ranks)
     if name == "sdk-balancer":
         return BalancedRankRouter(ranks, affinity_weight=1.0)
     if name == "epp-dp-rank-balancer":
@@ -138,16 +151,18 @@ def make_trace(spec: WorkloadSpec, rate: float) -> list[Any]:
 
 
 def run(opts: Options, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """One row per (rate, router); ratios against least-load at the same rate."""
+    """One row per (KV blocks, rate, router); ratios against least-load in the same cell."""
     from llmd_sim.dp_group import DPGroupSimulator
     from llmd_sim.engine import EngineConfig
     from llmd_sim.latency import LatencyModel, load_profile
 
     profile = load_profile(None)
-    config = EngineConfig(max_num_seqs=opts.max_num_seqs, num_gpu_blocks=opts.num_gpu_blocks)
     rows: list[dict[str, Any]] = []
-    for rate in opts.rates:
-        trace = make_trace(opts.workload, rate)
+    traces = {rate: make_trace(opts.workload, rate) for rate in opts.rates}
+    for blocks, rate in ((b, r) for b in opts.num_gpu_blocks for r in opts.rates):
+        config = EngineConfig(max_num_seqs=opts.max_num_seqs, num_gpu_blocks=blocks)
+        trace = traces[rate]
+        prompts = [t.num_prompt_tokens for t in trace]
         cell: list[dict[str, Any]] = []
         for name in opts.routers:
             router = make_router(name, opts.ranks, opts.workload.output_tokens)
@@ -157,7 +172,10 @@ def run(opts: Options, log: Callable[[str], None] = print) -> list[dict[str, Any
             spread = result.per_engine_requests
             e2e = sorted(r.e2e for r in result.records)
             cell.append({
+                "kv_blocks_per_rank": blocks,
                 "rate_rps": rate,
+                "arrival_rate_mean": len(trace) / trace[-1].arrival,
+                "prompt_tokens_mean": sum(prompts) / len(prompts),
                 "router": name,
                 "requests": s["requests"],
                 "ttft_p50_s": s["ttft_p50_s"],
@@ -165,6 +183,7 @@ def run(opts: Options, log: Callable[[str], None] = print) -> list[dict[str, Any
                 "e2e_mean_s": sum(e2e) / len(e2e),
                 "e2e_p50_s": s["e2e_p50_s"],
                 "e2e_p90_s": e2e[min(len(e2e) - 1, int(0.9 * len(e2e)))],
+                "sim_time_s": s["sim_time_s"],
                 "throughput_req_s": s["throughput_req_s"],
                 "output_tokens_per_s": s["output_tokens_per_s"],
                 "prefix_hit_rate": s["prefix_hit_rate"],
@@ -179,7 +198,7 @@ def run(opts: Options, log: Callable[[str], None] = print) -> list[dict[str, Any
             for key in ("ttft_p50_s", "ttft_p90_s", "e2e_mean_s", "throughput_req_s"):
                 c[f"{key}_vs_least_load"] = c[key] / base[key] if base[key] else None
             log(
-                f"{rate:6.1f} {c['router']:22s} {c['ttft_p50_s'] * 1e3:9.0f} "
+                f"{blocks:6d} {rate:5.0f} {c['router']:21s} {c['ttft_p50_s'] * 1e3:9.0f} "
                 f"{c['ttft_p90_s'] * 1e3:9.0f} {c['e2e_mean_s']:8.2f} {c['e2e_p90_s']:8.2f} "
                 f"{c['throughput_req_s']:7.2f} {c['prefix_hit_rate']:6.2f} "
                 f"{c['lockstep_overhead']:6.2f} {c['ttft_p90_s_vs_least_load']:9.2f}x "
@@ -190,8 +209,8 @@ def run(opts: Options, log: Callable[[str], None] = print) -> list[dict[str, Any
 
 
 HEADER = (
-    f"{'req/s':>6s} {'router':22s} {'ttft_p50':>9s} {'ttft_p90':>9s} {'e2e_mean':>8s} "
-    f"{'e2e_p90':>8s} {'req/s':>7s} {'hit':>6s} {'lockst':>6s} {'p90 vs LL':>10s} {'e2e vs LL':>9s}"
+    f"{'blocks':>6s} {'req/s':>5s} {'router':21s} {'ttft_p50':>9s} {'ttft_p90':>9s} {'e2e_mean':>8s} "
+    f"{'e2e_p90':>8s} {'done/s':>7s} {'hit':>6s} {'lockst':>6s} {'p90 vs LL':>10s} {'e2e vs LL':>9s}"
 )
 
 
@@ -201,21 +220,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="a tiny run (CI)")
     parser.add_argument("--rates", type=float, nargs="+")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--blocks", type=int, default=4096, help="KV blocks per rank")
+    parser.add_argument("--blocks", type=int, nargs="+", help="KV blocks per rank")
     ns = parser.parse_args(argv)
-    opts = Options(num_gpu_blocks=ns.blocks)
+    opts = Options()
     opts.workload = replace(opts.workload, seed=ns.seed)
     if ns.smoke:
         opts.rates = [16.0]
+        opts.num_gpu_blocks = [4096]
         opts.workload = replace(opts.workload, groups=4, users_per_group=4, turns=2)
     if ns.rates:
         opts.rates = ns.rates
-    print(f"DP={opts.ranks} lockstep group, {opts.workload.requests} requests per rate, "
-          f"{opts.num_gpu_blocks} KV blocks per rank; times in ms / s of simulated time")  # fmt: skip
+    if ns.blocks:
+        opts.num_gpu_blocks = ns.blocks
+    print(f"DP={opts.ranks} lockstep group, {opts.workload.requests} requests per rate, seed "
+          f"{ns.seed}; TTFT in ms, e2e in s of simulated time")  # fmt: skip
     print(HEADER + "\n" + "-" * len(HEADER))
     rows = run(opts)
     print(
-        "\nhit = prefix-cache hit rate (cached / prompt tokens); lockst = busiest rank's step "
+        "\ndone/s = completed requests / simulated time (arrival-bound below saturation); hit = "
+        "prefix-cache hit rate (cached / prompt tokens); lockst = busiest rank's step "
         "time / mean rank's, summed over group steps; vs LL = ratio to least-load in this run "
         "(lower is better)."
     )
@@ -227,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                                  *(argv if argv is not None else sys.argv[1:])]),
             "seed": ns.seed,
             "ranks": opts.ranks,
-            "num_gpu_blocks_per_rank": opts.num_gpu_blocks,
+            "num_gpu_blocks_per_rank": list(opts.num_gpu_blocks),
             "max_num_seqs": opts.max_num_seqs,
             "latency_profile": "h100-llama-3.1-8b (packaged default)",
             "workload": asdict(opts.workload),

@@ -11,6 +11,7 @@ from llmd_sim.dp_group import (
     DPGroupSimulator,
     LeastRequestsRankRouter,
     LeastTokensRankRouter,
+    PrefixFirstRankRouter,
 )
 from llmd_sim.engine import EngineConfig, Request
 from llmd_sim.latency import LatencyModel, load_profile
@@ -85,7 +86,7 @@ WORK = SyntheticWorkload(
 
 
 def test_every_request_completes_and_token_routers_release_their_charges() -> None:
-    for router in (LeastTokensRankRouter(4), BalancedRankRouter(4)):
+    for router in (LeastTokensRankRouter(4), PrefixFirstRankRouter(4), BalancedRankRouter(4)):
         res = group(router, ranks=4).run(iter(WORK))
         assert len(res.records) == 240 and sum(res.per_engine_requests) == 240
         assert all(0 < r.ttft <= r.e2e for r in res.records)
@@ -99,6 +100,8 @@ def test_the_balancer_keeps_prefix_hits_that_least_load_loses() -> None:
     ours = group(BalancedRankRouter(4), ranks=4, blocks=300).run(iter(WORK)).summary()
     assert ours["prefix_hit_rate"] > max(ll["prefix_hit_rate"], vllm["prefix_hit_rate"]) + 0.1
     assert ours["ttft_p90_s"] < ll["ttft_p90_s"]
+    first = group(PrefixFirstRankRouter(4), ranks=4, blocks=300).run(iter(WORK)).summary()
+    assert first["prefix_hit_rate"] > ll["prefix_hit_rate"] + 0.1
 
 
 def test_a_router_out_of_range_is_an_error() -> None:

@@ -15,7 +15,8 @@ step join at the next one, after the router has seen the state the step left. Ti
 
 Reference rank routers (baselines and the SDK's balancer): `LeastRequestsRankRouter` (vLLM's
 internal DP balancing score, waiting * 4 + running), `LeastTokensRankRouter` (fewest tokens in
-flight, as the router charged them) and `BalancedRankRouter` (`llmd_sdk.dp_rank` with the ranks'
+flight, as the router charged them), `PrefixFirstRankRouter` (most cached prompt tokens, then
+fewest tokens in flight) and `BalancedRankRouter` (`llmd_sdk.dp_rank` with the ranks'
 GPU prefix hits, which is what kvmanager's index would report).
 
 Not modelled: P/D remote KV loads inside a group (no wake-ups), and MoE imbalance between ranks
@@ -232,6 +233,41 @@ class LeastTokensRankRouter:
         self._charges.release(request_id)
 
 
+def _cached_per_rank(request: TraceRequest, ranks: Sequence[EngineView]) -> dict[int, int]:
+    """Prompt tokens each rank holds in its GPU prefix cache (leading full blocks)."""
+    prompt = request.num_prompt_tokens
+    hashes = request.block_hashes or ()
+    cached: dict[int, int] = {}
+    if hashes:
+        for view in ranks:
+            n = view.cached_prefix_blocks(hashes) * view.block_size
+            if n:
+                cached[view.index] = min(prompt, n)
+    return cached
+
+
+class PrefixFirstRankRouter:
+    """Prefix affinity alone: the rank caching the most prompt tokens, then the fewest tokens in
+    flight (what a prefix scorer with a load tie-break does)."""
+
+    def __init__(self, num_ranks: int) -> None:
+        self.balancer = RankBalancer(list(range(num_ranks)))
+        self._charges = _TokenCharges(self.balancer)
+
+    def route(self, request: TraceRequest, ranks: Sequence[EngineView]) -> int:
+        cached = _cached_per_rank(request, ranks)
+        rank_request = RankRequest(request.num_prompt_tokens, cached, request.output_len)
+        loads = self.balancer.loads()
+        rank = min((-cached.get(r.rank, 0), r.tokens_in_flight, r.rank) for r in loads)[2]
+        tokens = work_on(rank_request, rank)
+        self.balancer.charge(rank, tokens)
+        self._charges.record(request.request_id, rank, tokens)
+        return rank
+
+    def finished(self, request_id: str, rank: int, now: float) -> None:
+        self._charges.release(request_id)
+
+
 class BalancedRankRouter:
     """`llmd_sdk.dp_rank.RankBalancer`: bottleneck plus affinity cost over tokens in flight, with
     each rank's cached prefix of the prompt (leading blocks in its GPU prefix cache)."""
@@ -241,15 +277,8 @@ class BalancedRankRouter:
         self._charges = _TokenCharges(self.balancer)
 
     def route(self, request: TraceRequest, ranks: Sequence[EngineView]) -> int:
-        prompt = request.num_prompt_tokens
-        hashes = request.block_hashes or ()
-        cached: dict[int, int] = {}
-        if hashes:
-            for view in ranks:
-                n = view.cached_prefix_blocks(hashes) * view.block_size
-                if n:
-                    cached[view.index] = min(prompt, n)
-        rank_request = RankRequest(prompt, cached, request.output_len)
+        cached = _cached_per_rank(request, ranks)
+        rank_request = RankRequest(request.num_prompt_tokens, cached, request.output_len)
         choice = self.balancer.assign(rank_request)
         tokens = work_on(rank_request, choice.rank)
         self._charges.record(request.request_id, choice.rank, tokens)
@@ -265,5 +294,6 @@ __all__ = [
     "GroupStep",
     "LeastRequestsRankRouter",
     "LeastTokensRankRouter",
+    "PrefixFirstRankRouter",
     "RankRouter",
 ]
