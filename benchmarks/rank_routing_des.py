@@ -9,8 +9,9 @@ header). Compared on the same trace, in the same run:
   finish), blind to prefix caches. The baseline every ratio is taken against.
 - `vllm-dp-lb`: vLLM's own DP balancing score, lowest waiting * 4 + running.
 - `prefix-only`: the rank caching most of the prompt, then the fewest tokens in flight.
-- `sdk-balancer`: `llmd_sdk.dp_rank.RankBalancer` (bottleneck + affinity cost, weight 1) with
-  each rank's GPU prefix hit of the prompt.
+- `sdk-balancer-q0`: `llmd_sdk.dp_rank.RankBalancer` (bottleneck + affinity cost, affinity
+  weight 1, no queue term) with each rank's GPU prefix hit of the prompt.
+- `sdk-balancer`: the same with `queue_weight=0.5` (the EPP plugin's default).
 - `epp-dp-rank-balancer`: the EPP's `dp-rank-balancer` plugin, loaded from EndpointPickerConfig
   YAML and driven through `llmd_epp.scheduling` (schedule, pre_request, response_complete), its
   per-rank prefix hits from the engines' caches (what kvmanager would report). The rank is read
@@ -22,7 +23,8 @@ groups of 16 users, 4 turns, ~5.4k-token system prompts (prompts of 5.4k-7.2k to
 output tokens. The nominal rate is the peak arrival rate; turns are spaced by think times, so
 the trace's mean rate (`arrival_rate_mean`) is lower. Each rate runs with a small KV cache per
 rank (4096 blocks = 64k tokens: less than the 16 system prompts, as for big MoE models) and a
-large one (16384 blocks: everything fits).
+large one (16384 blocks: everything fits); a third case has 2 hot system prompts (fewer
+prefixes than ranks, 128 users each), where affinity alone piles the traffic on two ranks.
 
     uv run --no-sync python benchmarks/rank_routing_des.py --out benchmarks/data/rank_routing_des.json
     uv run --no-sync python benchmarks/rank_routing_des.py --smoke
@@ -35,7 +37,7 @@ import json
 import platform
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,19 +56,43 @@ schedulingProfiles:
   - {{pluginRef: dp-rank-balancer, weight: 1}}
   - {{pluginRef: max-score-picker}}
 """
-ROUTERS = ("least-load", "vllm-dp-lb", "prefix-only", "sdk-balancer", "epp-dp-rank-balancer")
+ROUTERS = (
+    "least-load",
+    "vllm-dp-lb",
+    "prefix-only",
+    "sdk-balancer-q0",
+    "sdk-balancer",
+    "epp-dp-rank-balancer",
+)
+
+
+MANY = WorkloadSpec(
+    seed=0, groups=16, users_per_group=16, turns=4, system_words=1500, output_tokens=128
+)
+HOT = replace(MANY, groups=2, users_per_group=128)
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    """A workload and the KV cache each rank has for it."""
+
+    name: str
+    workload: WorkloadSpec
+    kv_blocks: int  # per rank, 16 tokens a block
+
+
+CASES = (
+    Case("16-prefixes/64k-kv", MANY, 4096),  # the 16 system prompts do not fit one rank
+    Case("16-prefixes/256k-kv", MANY, 16384),  # everything fits every rank
+    Case("2-hot-prefixes", HOT, 4096),  # fewer prefixes than ranks: affinity alone piles up
+)
 
 
 @dataclass(slots=True)
 class Options:
     ranks: int = 8
     rates: Sequence[float] = (4.0, 8.0, 16.0, 32.0, 48.0)  # peak requests/s into the group
-    workload: WorkloadSpec = field(
-        default_factory=lambda: WorkloadSpec(
-            seed=0, groups=16, users_per_group=16, turns=4, system_words=1500, output_tokens=128
-        )
-    )
-    num_gpu_blocks: Sequence[int] = (4096, 16384)  # per rank (16 tokens a block)
+    cases: Sequence[Case] = CASES
     max_num_seqs: int = 128
     routers: Sequence[str] = ROUTERS
 
@@ -128,8 +154,10 @@ def make_router(name: str, ranks: int, decode_tokens: int) -> Any:
         return LeastRequestsRankRouter()
     if name == "prefix-only":
         return PrefixFirstRankRouter(ranks)
+    if name == "sdk-balancer-q0":
+        return BalancedRankRouter(ranks, affinity_weight=1.0, queue_weight=0.0)
     if name == "sdk-balancer":
-        return BalancedRankRouter(ranks, affinity_weight=1.0)
+        return BalancedRankRouter(ranks, affinity_weight=1.0, queue_weight=0.5)
     if name == "epp-dp-rank-balancer":
         return EppRankRouter(ranks, decode_tokens)
     raise ValueError(f"router: unknown {name!r}; known: {', '.join(ROUTERS)}")
@@ -151,27 +179,32 @@ def make_trace(spec: WorkloadSpec, rate: float) -> list[Any]:
 
 
 def run(opts: Options, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """One row per (KV blocks, rate, router); ratios against least-load in the same cell."""
+    """One row per (case, rate, router); ratios against least-load in the same cell."""
     from llmd_sim.dp_group import DPGroupSimulator
     from llmd_sim.engine import EngineConfig
     from llmd_sim.latency import LatencyModel, load_profile
 
     profile = load_profile(None)
     rows: list[dict[str, Any]] = []
-    traces = {rate: make_trace(opts.workload, rate) for rate in opts.rates}
-    for blocks, rate in ((b, r) for b in opts.num_gpu_blocks for r in opts.rates):
+    traces: dict[tuple[WorkloadSpec, float], list[Any]] = {}
+    for case, rate in ((c, r) for c in opts.cases for r in opts.rates):
+        blocks = case.kv_blocks
         config = EngineConfig(max_num_seqs=opts.max_num_seqs, num_gpu_blocks=blocks)
-        trace = traces[rate]
+        key = (case.workload, rate)
+        if key not in traces:
+            traces[key] = make_trace(case.workload, rate)
+        trace = traces[key]
         prompts = [t.num_prompt_tokens for t in trace]
         cell: list[dict[str, Any]] = []
         for name in opts.routers:
-            router = make_router(name, opts.ranks, opts.workload.output_tokens)
+            router = make_router(name, opts.ranks, case.workload.output_tokens)
             sim = DPGroupSimulator(opts.ranks, config, LatencyModel(profile), router)
             result = sim.run(replace(t, block_hashes=None) for t in trace)
             s = result.summary()
             spread = result.per_engine_requests
             e2e = sorted(r.e2e for r in result.records)
             cell.append({
+                "case": case.name,
                 "kv_blocks_per_rank": blocks,
                 "rate_rps": rate,
                 "arrival_rate_mean": len(trace) / trace[-1].arrival,
@@ -198,7 +231,7 @@ def run(opts: Options, log: Callable[[str], None] = print) -> list[dict[str, Any
             for key in ("ttft_p50_s", "ttft_p90_s", "e2e_mean_s", "throughput_req_s"):
                 c[f"{key}_vs_least_load"] = c[key] / base[key] if base[key] else None
             log(
-                f"{blocks:6d} {rate:5.0f} {c['router']:21s} {c['ttft_p50_s'] * 1e3:9.0f} "
+                f"{case.name:19s} {rate:5.0f} {c['router']:21s} {c['ttft_p50_s'] * 1e3:9.0f} "
                 f"{c['ttft_p90_s'] * 1e3:9.0f} {c['e2e_mean_s']:8.2f} {c['e2e_p90_s']:8.2f} "
                 f"{c['throughput_req_s']:7.2f} {c['prefix_hit_rate']:6.2f} "
                 f"{c['lockstep_overhead']:6.2f} {c['ttft_p90_s_vs_least_load']:9.2f}x "
@@ -209,7 +242,7 @@ def run(opts: Options, log: Callable[[str], None] = print) -> list[dict[str, Any
 
 
 HEADER = (
-    f"{'blocks':>6s} {'req/s':>5s} {'router':21s} {'ttft_p50':>9s} {'ttft_p90':>9s} {'e2e_mean':>8s} "
+    f"{'case':19s} {'req/s':>5s} {'router':21s} {'ttft_p50':>9s} {'ttft_p90':>9s} {'e2e_mean':>8s} "
     f"{'e2e_p90':>8s} {'done/s':>7s} {'hit':>6s} {'lockst':>6s} {'p90 vs LL':>10s} {'e2e vs LL':>9s}"
 )
 
@@ -220,20 +253,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="a tiny run (CI)")
     parser.add_argument("--rates", type=float, nargs="+")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--blocks", type=int, nargs="+", help="KV blocks per rank")
+    parser.add_argument("--blocks", type=int, help="KV blocks per rank (all cases)")
+    parser.add_argument("--cases", nargs="+", choices=[c.name for c in CASES])
     ns = parser.parse_args(argv)
     opts = Options()
-    opts.workload = replace(opts.workload, seed=ns.seed)
+    cases = [c for c in CASES if not ns.cases or c.name in ns.cases]
     if ns.smoke:
         opts.rates = [16.0]
-        opts.num_gpu_blocks = [4096]
-        opts.workload = replace(opts.workload, groups=4, users_per_group=4, turns=2)
+        tiny = replace(MANY, groups=4, users_per_group=4, turns=2)
+        cases = [Case("smoke", tiny, 4096)]
     if ns.rates:
         opts.rates = ns.rates
-    if ns.blocks:
-        opts.num_gpu_blocks = ns.blocks
-    print(f"DP={opts.ranks} lockstep group, {opts.workload.requests} requests per rate, seed "
-          f"{ns.seed}; TTFT in ms, e2e in s of simulated time")  # fmt: skip
+    opts.cases = [
+        Case(c.name, replace(c.workload, seed=ns.seed), ns.blocks or c.kv_blocks) for c in cases
+    ]
+    sizes = ", ".join(f"{c.name}: {c.workload.requests}" for c in opts.cases)
+    print(
+        f"DP={opts.ranks} lockstep group, seed {ns.seed}, requests per rate ({sizes}); "
+        "TTFT in ms, e2e in s of simulated time"
+    )
     print(HEADER + "\n" + "-" * len(HEADER))
     rows = run(opts)
     print(
@@ -250,10 +288,10 @@ def main(argv: list[str] | None = None) -> int:
                                  *(argv if argv is not None else sys.argv[1:])]),
             "seed": ns.seed,
             "ranks": opts.ranks,
-            "num_gpu_blocks_per_rank": list(opts.num_gpu_blocks),
             "max_num_seqs": opts.max_num_seqs,
             "latency_profile": "h100-llama-3.1-8b (packaged default)",
-            "workload": asdict(opts.workload),
+            "cases": [{"name": c.name, "kv_blocks_per_rank": c.kv_blocks,
+                       "workload": asdict(c.workload)} for c in opts.cases],
             "machine": platform.platform(),
             "results": rows,
         }, indent=2) + "\n")  # fmt: skip

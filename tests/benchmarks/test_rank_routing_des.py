@@ -35,7 +35,9 @@ def test_smoke_run_writes_rows_for_every_router(tmp_path: Path) -> None:
     assert doc["seed"] == 3 and doc["ranks"] == 8
     rows = {r["router"]: r for r in doc["results"]}
     assert set(rows) == set(bench.ROUTERS)
-    requests = doc["workload"]["groups"] * doc["workload"]["users_per_group"] * 2
+    (case,) = doc["cases"]
+    requests = case["workload"]["groups"] * case["workload"]["users_per_group"] * 2
+    assert case["workload"]["seed"] == 3
     assert all(r["requests"] == requests for r in rows.values())
     assert rows["least-load"]["ttft_p90_s_vs_least_load"] == 1.0
     for r in rows.values():

@@ -27,6 +27,15 @@ is pure bottleneck balancing, with cached tokens only breaking ties; large value
 "most cached tokens first". The chosen rank minimises ``dJ``, ties going to the lower
 ``L_r + w_r``, then the lower rank id.
 
+The queue term. ``dJ`` alone never moves a request off the rank holding its prefix while that
+rank is the bottleneck: staying raises the peak by the request's own (small, cached) work,
+however deep the queue there already is. With fewer hot prefixes than ranks that piles the
+traffic onto a few ranks. ``queue_weight`` adds ``queue_weight * (L_r + w_r)``, the tokens the
+request waits behind on ``r`` (its own latency), so a rank whose queue has grown by more than
+about ``(recomputation) / queue_weight`` tokens beyond another's spills to it. The default 0
+keeps the original rule; the EPP plugin uses 0.5 (vllm-sim's DP-group simulation:
+``benchmarks/rank_routing_des.py``).
+
 Pure logic, no I/O: the EPP's plugin feeds it rank loads and prefix hits and sets
 ``DP_RANK_HEADER`` to the chosen rank; the discrete-event simulators drive ``RankBalancer``.
 """
@@ -81,17 +90,23 @@ class RankChoice:
 
 
 def choose_rank(
-    request: RankRequest, ranks: Sequence[RankLoad], *, affinity_weight: float = 1.0
+    request: RankRequest,
+    ranks: Sequence[RankLoad],
+    *,
+    affinity_weight: float = 1.0,
+    queue_weight: float = 0.0,
 ) -> RankChoice:
     """Pick the rank of one EP group for ``request`` (see the module docstring)."""
     _validate(request, ranks, affinity_weight)
+    if not queue_weight >= 0:
+        raise ValueError(f"queue_weight: must be >= 0, got {queue_weight}")
     peak = max(r.tokens_in_flight for r in ranks)
     costs: dict[int, float] = {}
     keys: list[tuple[float, float, int]] = []
     for r in ranks:
         work = _work(request, r.rank)
         after = r.tokens_in_flight + work
-        cost = max(peak, after) - peak + affinity_weight * work
+        cost = max(peak, after) - peak + affinity_weight * work + queue_weight * after
         costs[r.rank] = cost
         keys.append((cost, after, r.rank))
     best = min(keys)[2]
@@ -148,12 +163,17 @@ class RankBalancer:
     charges it the request's work there; ``release`` takes work off when it is done.
     """
 
-    def __init__(self, ranks: Sequence[int], *, affinity_weight: float = 1.0) -> None:
+    def __init__(
+        self, ranks: Sequence[int], *, affinity_weight: float = 1.0, queue_weight: float = 0.0
+    ) -> None:
         if not ranks or len(set(ranks)) != len(ranks):
             raise ValueError("ranks: a non-empty list of distinct rank ids is required")
         if not affinity_weight >= 0:
             raise ValueError(f"affinity_weight: must be >= 0, got {affinity_weight}")
+        if not queue_weight >= 0:
+            raise ValueError(f"queue_weight: must be >= 0, got {queue_weight}")
         self.affinity_weight = affinity_weight
+        self.queue_weight = queue_weight
         self._load = dict.fromkeys(ranks, 0.0)
 
     @property
@@ -171,7 +191,12 @@ class RankBalancer:
 
     def assign(self, request: RankRequest) -> RankChoice:
         """Choose a rank for ``request`` and charge it the request's work there."""
-        choice = choose_rank(request, self.loads(), affinity_weight=self.affinity_weight)
+        choice = choose_rank(
+            request,
+            self.loads(),
+            affinity_weight=self.affinity_weight,
+            queue_weight=self.queue_weight,
+        )
         self._load[choice.rank] += _work(request, choice.rank)
         return choice
 

@@ -119,3 +119,20 @@ def test_charge_adds_work_to_a_chosen_rank_and_validates() -> None:
         balancer.charge(5, 1)
     with pytest.raises(ValueError, match="tokens: must be >= 0"):
         balancer.charge(0, -1)
+
+
+def test_queue_weight_spills_a_deep_prefix_rank_that_the_bottleneck_term_keeps() -> None:
+    # Rank 0 holds 900 of 1000 prompt tokens but 20k tokens are queued there.
+    request = RankRequest(1000, {0: 900})
+    deep = loads(20_000, 0, 0, 0)
+    assert choose_rank(request, deep).rank == 0  # stays: +100 peak +100 work < 1000 work
+    spilled = choose_rank(request, deep, queue_weight=0.5)
+    assert spilled.rank == 1
+    assert spilled.costs[0] == 100 + 100 + 0.5 * 20_100 and spilled.costs[1] == 1000 + 500
+    # A shallow queue keeps the prefix rank even with the queue term.
+    assert choose_rank(request, loads(500, 0, 0, 0), queue_weight=0.5).rank == 0
+    with pytest.raises(ValueError, match="queue_weight"):
+        choose_rank(request, deep, queue_weight=-1)
+    with pytest.raises(ValueError, match="queue_weight"):
+        RankBalancer([0], queue_weight=-0.1)
+    assert RankBalancer([0, 1], queue_weight=0.5).queue_weight == 0.5

@@ -72,6 +72,7 @@ def test_header_is_vllms_in_lower_case() -> None:
 def test_config_loads_and_a_scheduling_call_sets_the_rank_header() -> None:
     s, plugin = scheduler()
     assert plugin.ranks == [0, 1, 2, 3] and plugin.block_tokens == 4
+    assert plugin.affinity_weight == 1.0 and plugin.queue_weight == 0.5
     result = s.schedule(req("x" * 400, rid="a"), [ep(1)], 0.0)
     assert DP_RANK_HEADER not in result.headers  # set once the decision is final
     s.pre_request(req("x" * 400, rid="a"), result, 0.0)
@@ -110,6 +111,24 @@ def test_the_prefix_rank_is_left_when_staying_would_raise_the_bottleneck_more() 
     plugin.loads[group[0].key][home] += 10_000.0
     moved = send(s, req(system + words("q1", 400), rid="b"), group)
     assert moved != home  # 400 uncached tokens there would raise the peak by 400
+
+
+def test_a_deep_queue_on_the_prefix_rank_spills_unless_queue_weight_is_zero() -> None:
+    system = words("sys", 100)
+    for weight, spills in ((None, True), (0, False)):
+        config = (
+            CONFIG
+            if weight is None
+            else CONFIG.replace(
+                "blockSizeTokens: 4", f"blockSizeTokens: 4\n    queueWeight: {weight}"
+            )
+        )
+        s, plugin = scheduler(config)
+        group = [ep(1)]
+        home = send(s, req(system + words("q0", 4), rid="a"), group)
+        plugin.loads[group[0].key][home] += 5_000.0  # a deep queue behind the prefix
+        again = send(s, req(system + words("q1", 4), rid="b"), group)
+        assert (again != home) is spills, weight
 
 
 def test_response_complete_releases_the_charge_and_timeout_expires_lost_ones() -> None:
@@ -186,6 +205,7 @@ def test_token_ids_count_when_the_request_has_them() -> None:
         ("{}", "parameters.dataParallelSize: required"),
         ("{dataParallelSize: 0}", "parameters.dataParallelSize: input should be greater"),
         ("{dataParallelSize: 8, affinityWeight: -1}", "parameters.affinityWeight: input should"),
+        ("{dataParallelSize: 8, queueWeight: -1}", "parameters.queueWeight: input should"),
         ("{dataParallelSize: 8, expectedDecodeTokens: x}", "parameters.expectedDecodeTokens:"),
         ("{dataParallelSize: 8, requestTimeout: soon}", "parameters.requestTimeout:"),
         ("{dataParallelSize: 8, ranks: 3}", "parameters.ranks: unknown parameter"),

@@ -272,8 +272,12 @@ class BalancedRankRouter:
     """`llmd_sdk.dp_rank.RankBalancer`: bottleneck plus affinity cost over tokens in flight, with
     each rank's cached prefix of the prompt (leading blocks in its GPU prefix cache)."""
 
-    def __init__(self, num_ranks: int, *, affinity_weight: float = 1.0) -> None:
-        self.balancer = RankBalancer(list(range(num_ranks)), affinity_weight=affinity_weight)
+    def __init__(
+        self, num_ranks: int, *, affinity_weight: float = 1.0, queue_weight: float = 0.0
+    ) -> None:
+        self.balancer = RankBalancer(
+            list(range(num_ranks)), affinity_weight=affinity_weight, queue_weight=queue_weight
+        )
         self._charges = _TokenCharges(self.balancer)
 
     def route(self, request: TraceRequest, ranks: Sequence[EngineView]) -> int:

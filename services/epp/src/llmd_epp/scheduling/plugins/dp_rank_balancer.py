@@ -8,7 +8,8 @@ collectives, so they step together and the busiest rank sets the pace of the who
 plugin therefore balances *tokens in flight* per rank while keeping prefix affinity, with the
 SDK's cost model (`llmd_sdk.dp_rank.choose_rank`): a request costs its uncached prompt tokens
 plus `expectedDecodeTokens` on a rank, and goes where it raises the group's bottleneck plus
-`affinityWeight` times the added work the least.
+`affinityWeight` times the added work plus `queueWeight` times the tokens it would wait behind
+the least (the queue term lets a deep prefix rank spill; without it hot prefixes pile up).
 
 State lives in the plugin and moves only through the lifecycle hooks: `pre_request` charges the
 chosen rank and sets the header, `response_complete` releases the charge (an entry older than
@@ -45,6 +46,9 @@ from llmd_epp.scheduling.registry import Duration, PluginParams, register
 from llmd_epp.scheduling.types import DP_RANK_HEADER, Endpoint, LLMRequest, SchedulingResult
 
 DEFAULT_REQUEST_TIMEOUT = 120.0
+# Weight of the tokens a request waits behind on a rank (see llmd_sdk.dp_rank): 0.5 did best
+# of 0 / 0.5 / 1 / 2 in vllm-sim's DP=8 lockstep simulation (benchmarks/rank_routing_des.py).
+DEFAULT_QUEUE_WEIGHT = 0.5
 DEFAULT_BLOCK_SIZE_TOKENS = 16
 DEFAULT_MAX_PREFIX_BLOCKS = 256
 DEFAULT_LRU_CAPACITY_PER_RANK = 31250
@@ -81,6 +85,7 @@ class DpRankBalancer(Scorer, PreRequest, ResponseComplete, EndpointListener):
     class Params(PluginParams):
         dataParallelSize: int = Field(ge=1, le=4096)
         affinityWeight: float = Field(default=1.0, ge=0)
+        queueWeight: float = Field(default=DEFAULT_QUEUE_WEIGHT, ge=0)
         expectedDecodeTokens: int = Field(default=128, ge=0)
         blockSizeTokens: int = Field(default=DEFAULT_BLOCK_SIZE_TOKENS, ge=1)
         maxPrefixBlocksToMatch: int = Field(default=DEFAULT_MAX_PREFIX_BLOCKS, ge=1)
@@ -93,6 +98,7 @@ class DpRankBalancer(Scorer, PreRequest, ResponseComplete, EndpointListener):
         data_parallel_size: int = 1,
         *,
         affinity_weight: float = 1.0,
+        queue_weight: float = DEFAULT_QUEUE_WEIGHT,
         expected_decode_tokens: int = 128,
         block_size_tokens: int = DEFAULT_BLOCK_SIZE_TOKENS,
         max_prefix_blocks: int = DEFAULT_MAX_PREFIX_BLOCKS,
@@ -105,6 +111,7 @@ class DpRankBalancer(Scorer, PreRequest, ResponseComplete, EndpointListener):
             raise ValueError(f"parameters.dataParallelSize: must be >= 1, got {data_parallel_size}")
         self.ranks = list(range(data_parallel_size))
         self.affinity_weight = affinity_weight
+        self.queue_weight = queue_weight
         self.expected_decode_tokens = expected_decode_tokens
         self.block_tokens = block_size_tokens
         self.max_blocks = max_prefix_blocks
@@ -122,6 +129,7 @@ class DpRankBalancer(Scorer, PreRequest, ResponseComplete, EndpointListener):
             name,
             params.dataParallelSize,
             affinity_weight=params.affinityWeight,
+            queue_weight=params.queueWeight,
             expected_decode_tokens=params.expectedDecodeTokens,
             block_size_tokens=params.blockSizeTokens,
             max_prefix_blocks=params.maxPrefixBlocksToMatch,
@@ -187,7 +195,12 @@ class DpRankBalancer(Scorer, PreRequest, ResponseComplete, EndpointListener):
         rank_request = RankRequest(prompt, cached, self.expected_decode_tokens)
         load = self._load_of(endpoint.key)
         loads = [RankLoad(r, load[r]) for r in self.ranks]
-        choice = choose_rank(rank_request, loads, affinity_weight=self.affinity_weight)
+        choice = choose_rank(
+            rank_request,
+            loads,
+            affinity_weight=self.affinity_weight,
+            queue_weight=self.queue_weight,
+        )
         plans[endpoint.key] = plan = _Plan(rank_request, choice)
         return plan
 
