@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     cases = [c for c in CASES if not ns.cases or c.name in ns.cases]
     if ns.smoke:
         opts.rates = [16.0]
-        tiny = replace(MANY, groups=4, users_per_group=4, turns=2)
+        tiny = replace(MANY, groups=4, users_per_group=2, turns=2, system_words=400)
         cases = [Case("smoke", tiny, 4096)]
     if ns.rates:
         opts.rates = ns.rates
