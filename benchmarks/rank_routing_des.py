@@ -16,6 +16,8 @@ header). Compared on the same trace, in the same run:
   YAML and driven through `llmd_epp.scheduling` (schedule, pre_request, response_complete), its
   per-rank prefix hits from the engines' caches (what kvmanager would report). The rank is read
   back from the `x-data-parallel-rank` header it sets.
+- `epp-dp-rank-balancer-approx`: the same plugin with no prefix source: its own index of the
+  prompts it routed to each rank (blind to evictions), as it runs without kvmanager.
 
 Workload: `llmd.bench.workload` (shared system prompts per user group, multi-turn chats whose
 history grows, Poisson conversation starts), tokenized with the SDK's built-in tokenizer: 16
@@ -63,6 +65,7 @@ ROUTERS = (
     "sdk-balancer-q0",
     "sdk-balancer",
     "epp-dp-rank-balancer",
+    "epp-dp-rank-balancer-approx",
 )
 
 
@@ -98,16 +101,22 @@ class Options:
 
 
 class EppRankRouter:
-    """The EPP's scheduling core with `dp-rank-balancer`, one endpoint standing for the group."""
+    """The EPP's scheduling core with `dp-rank-balancer`, one endpoint standing for the group.
 
-    def __init__(self, ranks: int, decode_tokens: int) -> None:
+    `precise`: per-rank prefix hits from the engines' caches (the `dp_rank_prefix_source`
+    dependency); otherwise the plugin's own index of what it routed where, over the prompt text
+    (4 characters per token, so its 16-token blocks line up with the engines').
+    """
+
+    def __init__(self, ranks: int, decode_tokens: int, *, precise: bool = True) -> None:
         from llmd_epp.pickerconfig import load_picker_config
         from llmd_epp.scheduling import DP_RANK_HEADER, Endpoint
 
+        self.precise = precise
         cfg = load_picker_config(
             EPP_CONFIG.format(ranks=ranks, decode=decode_tokens),
             seed=1,
-            deps={"dp_rank_prefix_source": self},
+            deps={"dp_rank_prefix_source": self} if precise else {},
         )
         self.scheduler = cfg.scheduler
         self.header = DP_RANK_HEADER
@@ -127,9 +136,11 @@ class EppRankRouter:
         from llmd_epp.scheduling import LLMRequest
 
         self._views, self._hashes = ranks, request.block_hashes or ()
-        req = LLMRequest(
-            request_id=request.request_id, model="m", token_ids=request.prompt_token_ids
-        )
+        from llmd.bench.des import token_text
+
+        ids = request.prompt_token_ids
+        text = "" if self.precise else token_text(ids)
+        req = LLMRequest(request_id=request.request_id, model="m", prompt=text, token_ids=ids)
         result = self.scheduler.schedule(req, self.group, request.arrival)
         self.scheduler.pre_request(req, result, request.arrival)
         self._open[request.request_id] = req
@@ -160,6 +171,8 @@ def make_router(name: str, ranks: int, decode_tokens: int) -> Any:
         return BalancedRankRouter(ranks, affinity_weight=1.0, queue_weight=0.5)
     if name == "epp-dp-rank-balancer":
         return EppRankRouter(ranks, decode_tokens)
+    if name == "epp-dp-rank-balancer-approx":
+        return EppRankRouter(ranks, decode_tokens, precise=False)
     raise ValueError(f"router: unknown {name!r}; known: {', '.join(ROUTERS)}")
 
 
@@ -231,7 +244,7 @@ def run(opts: Options, log: Callable[[str], None] = print) -> list[dict[str, Any
             for key in ("ttft_p50_s", "ttft_p90_s", "e2e_mean_s", "throughput_req_s"):
                 c[f"{key}_vs_least_load"] = c[key] / base[key] if base[key] else None
             log(
-                f"{case.name:19s} {rate:5.0f} {c['router']:21s} {c['ttft_p50_s'] * 1e3:9.0f} "
+                f"{case.name:19s} {rate:5.0f} {c['router']:27s} {c['ttft_p50_s'] * 1e3:9.0f} "
                 f"{c['ttft_p90_s'] * 1e3:9.0f} {c['e2e_mean_s']:8.2f} {c['e2e_p90_s']:8.2f} "
                 f"{c['throughput_req_s']:7.2f} {c['prefix_hit_rate']:6.2f} "
                 f"{c['lockstep_overhead']:6.2f} {c['ttft_p90_s_vs_least_load']:9.2f}x "
@@ -242,7 +255,7 @@ def run(opts: Options, log: Callable[[str], None] = print) -> list[dict[str, Any
 
 
 HEADER = (
-    f"{'case':19s} {'req/s':>5s} {'router':21s} {'ttft_p50':>9s} {'ttft_p90':>9s} {'e2e_mean':>8s} "
+    f"{'case':19s} {'req/s':>5s} {'router':27s} {'ttft_p50':>9s} {'ttft_p90':>9s} {'e2e_mean':>8s} "
     f"{'e2e_p90':>8s} {'done/s':>7s} {'hit':>6s} {'lockst':>6s} {'p90 vs LL':>10s} {'e2e vs LL':>9s}"
 )
 
