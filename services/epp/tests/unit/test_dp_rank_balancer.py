@@ -16,6 +16,7 @@ from llmd_epp.scheduling import (
     Scheduler,
 )
 from llmd_epp.scheduling.plugins.dp_rank_balancer import DpRankBalancer
+from llmd_epp.scheduling.plugins.precise_prefix_cache_scorer import PrefixScores
 from llmd_sdk.dp_rank import DP_RANK_HEADER as SDK_HEADER
 
 from .helpers import ep, req
@@ -222,3 +223,64 @@ def test_bad_parameters_are_one_line_naming_the_field(params: str, message: str)
     assert "\n" not in text
     assert "plugin 'dp-rank-balancer': " in text
     assert message in text
+
+
+class KVManagerLike:
+    """A synchronous prefix source answering as kvmanager's Score does, rank included."""
+
+    def __init__(self, rank: int, blocks: int) -> None:
+        self.rank, self.blocks = rank, blocks
+
+    def score(self, request: LLMRequest, endpoints: Sequence[str]) -> PrefixScores:
+        from llmd_epp.kvindex_client import KVIndexClient
+        from llmd_sdk.contracts import kvindex
+
+        resp = kvindex.ScoreResponse(
+            scores=[
+                kvindex.EndpointScore(
+                    endpoint=e,
+                    matched_blocks=self.blocks,
+                    score=float(self.blocks),
+                    data_parallel_rank=self.rank,
+                )
+                for e in endpoints
+            ],
+            total_blocks=8,
+            block_size=16,
+        )
+        return KVIndexClient.scores_from(resp)
+
+
+def test_kvmanagers_rank_of_the_longest_match_steers_the_rank() -> None:
+    config = CONFIG.replace(
+        "blockSizeTokens: 4",
+        "blockSizeTokens: 4\n    prefixPluginName: precise-prefix-cache-scorer",
+    ).replace(
+        "- type: max-score-picker\n",
+        "- type: max-score-picker\n- type: precise-prefix-cache-scorer\n",
+    )
+    s, plugin = scheduler(config, prefix_score_source=KVManagerLike(rank=3, blocks=6))
+    # 128 prompt tokens, 6 blocks of 16 = 96 of them cached on rank 3 (kvmanager's answer).
+    assert send(s, req("x" * 512, rid="a"), [ep(1)]) == 3
+    assert plugin.tokens_in_flight(ep(1).key) == [0.0, 0.0, 0.0, 32.0]
+
+
+def test_kvindex_client_keeps_the_best_match_and_the_rank_holding_it() -> None:
+    from llmd_epp.kvindex_client import KVIndexClient
+    from llmd_sdk.contracts import kvindex
+
+    resp = kvindex.ScoreResponse(
+        scores=[
+            kvindex.EndpointScore(
+                endpoint="a:1", matched_blocks=5, score=5.0, data_parallel_rank=2
+            ),
+            kvindex.EndpointScore(
+                endpoint="b:1", matched_blocks=3, score=2.5, data_parallel_rank=-1
+            ),
+        ],
+        total_blocks=9,
+        block_size=32,
+    )
+    scores = KVIndexClient.scores_from(resp)
+    assert scores.matched == {"a:1": 5, "b:1": 3} and scores.weighted == {"a:1": 5.0, "b:1": 2.5}
+    assert scores.ranks == {"a:1": {2: 5}} and (scores.total_blocks, scores.block_size) == (9, 32)

@@ -16,7 +16,9 @@ chosen rank and sets the header, `response_complete` releases the charge (an ent
 `requestTimeout` is dropped so a lost completion cannot pin a rank), `endpoint_removed` forgets
 a group. Per-rank prefix hits come from a synchronous `RankPrefixSource` when the service (or a
 simulator) provides one as the `dp_rank_prefix_source` dependency, else from the plugin's own
-approximate index of what it routed to each rank (as `prefix-cache-scorer` does per endpoint).
+approximate index of what it routed to each rank (as `prefix-cache-scorer` does per endpoint),
+corrected by kvmanager where `prefixPluginName` names a `precise-prefix-cache-scorer`: its
+answer carries the rank holding the longest match, which then counts with its real match.
 
 As a scorer it also ranks several groups against each other: a group scores by its peak rank
 load after placing the request on its best rank, plus the weighted work (min-max over the
@@ -91,6 +93,7 @@ class DpRankBalancer(Scorer, PreRequest, ResponseComplete, EndpointListener):
         maxPrefixBlocksToMatch: int = Field(default=DEFAULT_MAX_PREFIX_BLOCKS, ge=1)
         lruCapacityPerRank: int = Field(default=DEFAULT_LRU_CAPACITY_PER_RANK, ge=1)
         requestTimeout: Duration = DEFAULT_REQUEST_TIMEOUT
+        prefixPluginName: str = ""
 
     def __init__(
         self,
@@ -105,6 +108,8 @@ class DpRankBalancer(Scorer, PreRequest, ResponseComplete, EndpointListener):
         lru_capacity: int = DEFAULT_LRU_CAPACITY_PER_RANK,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         prefix_source: RankPrefixSource | None = None,
+        prefix_plugin: str = "",
+        handle: Handle | None = None,
     ) -> None:
         super().__init__(name)
         if data_parallel_size < 1:
@@ -117,6 +122,8 @@ class DpRankBalancer(Scorer, PreRequest, ResponseComplete, EndpointListener):
         self.max_blocks = max_prefix_blocks
         self.request_timeout = request_timeout if request_timeout > 0 else DEFAULT_REQUEST_TIMEOUT
         self.prefix_source = prefix_source
+        self.prefix_plugin = prefix_plugin
+        self.handle = handle
         self.index = ApproxPrefixIndex(lru_capacity)
         # endpoint key -> tokens in flight per rank
         self.loads: dict[str, list[float]] = {}
@@ -136,6 +143,8 @@ class DpRankBalancer(Scorer, PreRequest, ResponseComplete, EndpointListener):
             lru_capacity=params.lruCapacityPerRank,
             request_timeout=params.requestTimeout,
             prefix_source=handle.deps.get("dp_rank_prefix_source"),
+            prefix_plugin=params.prefixPluginName,
+            handle=handle,
         )
 
     # ------------------------------------------------------------------ helpers
@@ -174,9 +183,22 @@ class DpRankBalancer(Scorer, PreRequest, ResponseComplete, EndpointListener):
                 r: matches.get(self._rank_key(endpoint.key, r), 0) * self.block_tokens
                 for r in self.ranks
             }
+            raw.update(self._indexed(request, endpoint))
         # A block count can overshoot a token count estimated from characters: clamp.
         n_ranks = len(self.ranks)
         return {r: min(prompt, int(n)) for r, n in raw.items() if n > 0 and 0 <= r < n_ranks}
+
+    def _indexed(self, request: LLMRequest, endpoint: Endpoint) -> dict[int, int]:
+        """Per-rank hits the `prefixPluginName` plugin (the precise scorer, from kvmanager) has
+        for `endpoint`: kvmanager names the rank holding the longest match."""
+        if not self.prefix_plugin or self.handle is None:
+            return {}
+        producer = self.handle.plugin(self.prefix_plugin)
+        rank_matches = getattr(producer, "rank_matches", None)
+        if rank_matches is None:
+            return {}
+        by_endpoint, block_size = rank_matches(request, [endpoint])
+        return {r: n * block_size for r, n in by_endpoint.get(endpoint.key, {}).items()}
 
     def _load_of(self, key: str) -> list[float]:
         load = self.loads.get(key)
