@@ -34,6 +34,7 @@ from llmd_epp.scheduling.plugins.pd_profile_handler import PdProfileHandler
 from llmd_epp.scheduling.prefix_index import PrefixMatch
 from llmd_epp.scheduling.types import (
     DATA_PARALLEL_HEADER,
+    DP_RANK_HEADER,
     PREFILLER_HEADER,
     Endpoint,
     LLMRequest,
@@ -49,7 +50,7 @@ SUBSET_KEY = "x-gateway-destination-endpoint-subset"
 SERVED_KEY = "x-gateway-destination-endpoint-served"
 REQUEST_ID_HEADER = "x-request-id"
 # Headers only the EPP may set: a client cannot pick its prefiller or rank.
-_DECISION_HEADERS = (PREFILLER_HEADER, DATA_PARALLEL_HEADER)
+_DECISION_HEADERS = (PREFILLER_HEADER, DATA_PARALLEL_HEADER, DP_RANK_HEADER)
 
 log = get_logger("llmd_epp.director")
 _tracer = get_tracer("llmd_epp")

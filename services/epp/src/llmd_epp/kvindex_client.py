@@ -58,12 +58,25 @@ class KVIndexClient:
     async def score(self, request: LLMRequest, endpoints: Sequence[str]) -> PrefixScores:
         stub = self._ensure()
         resp = await stub.Score(self.build_request(request, endpoints), timeout=self.timeout)
-        return PrefixScores(
-            matched={s.endpoint: int(s.matched_blocks) for s in resp.scores},
-            weighted={s.endpoint: float(s.score) for s in resp.scores},
-            total_blocks=int(resp.total_blocks),
-            block_size=int(resp.block_size) or 16,
+        return self.scores_from(resp)
+
+    @staticmethod
+    def scores_from(resp: kvindex.ScoreResponse) -> PrefixScores:
+        """The scorer's view of a `ScoreResponse`: per endpoint its match, and where the index
+        knows data-parallel ranks, the rank holding the longest match with that match (kvmanager
+        answers one entry per endpoint; the max guards against a server answering one per
+        rank)."""
+        out = PrefixScores(
+            total_blocks=int(resp.total_blocks), block_size=int(resp.block_size) or 16
         )
+        for s in resp.scores:
+            matched, score = int(s.matched_blocks), float(s.score)
+            if matched >= out.matched.get(s.endpoint, -1):
+                out.matched[s.endpoint] = matched
+            out.weighted[s.endpoint] = max(score, out.weighted.get(s.endpoint, score))
+            if s.data_parallel_rank >= 0:
+                out.ranks.setdefault(s.endpoint, {})[int(s.data_parallel_rank)] = matched
+        return out
 
     async def close(self) -> None:
         if self._channel is not None:

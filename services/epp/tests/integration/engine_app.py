@@ -2,7 +2,8 @@
 
 Serves `/health`, `/metrics` in vLLM's Prometheus names (the load figures are whatever the test
 sets through `POST /admin/load`), `/v1/completions` and `/v1/chat/completions` (JSON or SSE,
-with `usage`), and `GET /admin/stats` (requests served). Run: python engine_app.py --port N.
+with `usage`), and `GET /admin/stats` (requests served, and the
+`x-data-parallel-rank` header of each). Run: python engine_app.py --port N.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-STATE: dict[str, Any] = {"waiting": 0, "running": 0, "kv": 0.0, "served": 0, "delay": 0.0}
+STATE: dict[str, Any] = {
+    "waiting": 0, "running": 0, "kv": 0.0, "served": 0, "delay": 0.0,
+    "dp_ranks": [],  # x-data-parallel-rank of each request served, when it had one
+}  # fmt: skip
 NAME = "engine"
 
 METRICS = """\
@@ -70,6 +74,8 @@ async def generate(request: Request) -> Response:
     body = await request.json()
     STATE["served"] += 1
     STATE["live"] += 1
+    if "x-data-parallel-rank" in request.headers:
+        STATE["dp_ranks"].append(request.headers["x-data-parallel-rank"])
     try:
         if STATE["delay"]:
             await asyncio.sleep(STATE["delay"])

@@ -27,6 +27,7 @@ from llmd_epp.scheduling.registry import ConfigError, PluginParams, register, re
 from llmd_epp.scheduling.scheduler import Scheduler
 from llmd_epp.scheduling.types import (
     DATA_PARALLEL_HEADER,
+    DP_RANK_HEADER,
     PREFILLER_HEADER,
     Endpoint,
     EndpointMetrics,
@@ -38,6 +39,7 @@ from llmd_epp.scheduling.types import (
 
 __all__ = [
     "DATA_PARALLEL_HEADER",
+    "DP_RANK_HEADER",
     "PREFILLER_HEADER",
     "ConfigError",
     "CycleState",

@@ -12,6 +12,9 @@ from typing import Any
 
 PREFILLER_HEADER = "x-prefiller-host-port"
 DATA_PARALLEL_HEADER = "x-data-parallel-host-port"
+# vLLM pins a request to one data-parallel rank of its engine with this header (the lower-case
+# form of llmd_sdk.dp_rank.DP_RANK_HEADER; HTTP/2 header names are lower case).
+DP_RANK_HEADER = "x-data-parallel-rank"
 
 
 @dataclass(slots=True)

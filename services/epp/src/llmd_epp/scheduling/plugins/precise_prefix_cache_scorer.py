@@ -37,6 +37,9 @@ class PrefixScores:
     weighted: dict[str, float] = field(default_factory=dict)
     total_blocks: int = 0
     block_size: int = 16  # tokens
+    # endpoint -> data-parallel rank -> matched blocks, where the index knows ranks (engines
+    # publishing KV events with a data_parallel_rank); `dp-rank-balancer` reads it.
+    ranks: dict[str, dict[int, int]] = field(default_factory=dict)
 
 
 class PrefixScoreSource(Protocol):
@@ -88,7 +91,19 @@ class PrecisePrefixCacheScorer(Scorer, PrepareData):
         )
         request.state[self.name] = pm
         request.state[self.name + "#weighted"] = scores.weighted
+        request.state[self.name + "#ranks"] = (scores.ranks, scores.block_size)
         return pm
+
+    def rank_matches(
+        self, request: LLMRequest, endpoints: Sequence[Endpoint]
+    ) -> tuple[dict[str, dict[int, int]], int]:
+        """Per endpoint and data-parallel rank, matched leading blocks, and the block size in
+        tokens ({} when the index has no rank data or the request has no prefix data)."""
+        self.match_for(request, endpoints)
+        found = request.state.get(self.name + "#ranks")
+        if isinstance(found, tuple):
+            return found
+        return {}, 16
 
     async def prepare(self, request: LLMRequest, endpoints: Sequence[Endpoint]) -> None:
         if self.source is None or not self.is_async:
