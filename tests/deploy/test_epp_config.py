@@ -87,6 +87,18 @@ def test_mode_profile_fits_the_engines(rendered: Render, overlay: str) -> None:
     else:
         assert any(p["type"] == "single-profile-handler" for p in types.values())
         assert roles == {"both"}
+    if overlay.endswith("wide-ep"):
+        # The rank picker must know the group's size: a rank past it would be refused by vLLM.
+        (picker,) = [p for p in types.values() if p["type"] == "dp-rank-balancer"]
+        sizes = {
+            int(args[i + 1])
+            for t in rendered.pod_templates()
+            for c in t.containers()
+            for args in [" ".join([*c.get("command", []), *c.get("args", [])]).split()]
+            for i, a in enumerate(args)
+            if a == "--data-parallel-size"
+        }
+        assert sizes == {picker["parameters"]["dataParallelSize"]}, sizes
 
 
 def test_precise_prefix_scorer_reaches_the_kvmanager(rendered: Render) -> None:
