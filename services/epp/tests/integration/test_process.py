@@ -67,6 +67,18 @@ def test_bad_start_up_is_one_line(args: list[str], message: str) -> None:
     assert lines[0].startswith(message), lines[0]
 
 
+def test_a_failed_endpoint_source_ends_the_process_in_one_line(tmp_path: Path) -> None:
+    """Without a usable kubeconfig the pod source cannot start: the EPP exits 1 with one line
+    naming the flag, instead of staying up, never ready, with no endpoints."""
+    missing = tmp_path / "no-such-kubeconfig"
+    proc = run_bad("--pool-name", "pool", "--kubeconfig", str(missing), "--grpc-port", "0",
+                   "--grpc-health-port", "0", "--metrics-port", "0")  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"llmd-epp: endpoint source failed: --kubeconfig {missing}: "), last
+
+
 async def health(port: int, service: str) -> int:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
         try:

@@ -124,12 +124,20 @@ class KubernetesSource:
         config: Any = _config
         api_client: Any
         if self.kubeconfig:
-            api_client = config.new_client_from_config(config_file=self.kubeconfig)
+            try:
+                api_client = config.new_client_from_config(config_file=self.kubeconfig)
+            except (config.ConfigException, OSError) as exc:
+                raise RuntimeError(f"--kubeconfig {self.kubeconfig}: {exc}") from None
         else:
             try:
                 config.load_incluster_config()
             except config.ConfigException:
-                config.load_kube_config()
+                try:
+                    config.load_kube_config()
+                except (config.ConfigException, OSError) as exc:
+                    raise RuntimeError(
+                        f"no in-cluster service account and no usable ~/.kube/config: {exc}"
+                    ) from None
             api_client = client.ApiClient()
         self._api = (client.CoreV1Api(api_client), client.CustomObjectsApi(api_client))
         return self._api
