@@ -57,6 +57,9 @@ def run_bad(*args: str) -> subprocess.CompletedProcess[str]:
          "llmd-epp: --config-text: plugin 'magic-scorer': unknown plugin type"),
         ([], "llmd-epp: endpoints: give exactly one source"),
         (["--endpoints", "nope"], "llmd-epp: --endpoints[0]: 'nope' is not ip:port"),
+        (["--endpoints", "1.2.3.4:5", "--drain-timeout", "soon", "--grpc-port", "0",
+          "--grpc-health-port", "0", "--metrics-port", "0"],
+         "llmd-epp: --drain-timeout: not a duration"),
     ],
 )  # fmt: skip
 def test_bad_start_up_is_one_line(args: list[str], message: str) -> None:
