@@ -160,5 +160,9 @@ def parse_settings(
     # Durations are read at different times (--drain-timeout only on SIGTERM): check them all
     # now, so that a typo fails the start, not the shutdown.
     for name in _DURATIONS:
-        settings.duration(name)
+        value = settings.duration(name)
+        # 0 would read as "unset" and silently fall back to the default.
+        if value is not None and value <= 0 and name != "drain_timeout":
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag}: must be positive, got {getattr(settings, name)!r}")
     return settings

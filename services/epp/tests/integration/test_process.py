@@ -60,6 +60,10 @@ def run_bad(*args: str) -> subprocess.CompletedProcess[str]:
         (["--endpoints", "1.2.3.4:5", "--drain-timeout", "soon", "--grpc-port", "0",
           "--grpc-health-port", "0", "--metrics-port", "0"],
          "llmd-epp: --drain-timeout: not a duration"),
+        (["--endpoints", "1.2.3.4:5", "--refresh-metrics-interval", "0s"],
+         "llmd-epp: --refresh-metrics-interval: must be positive, got '0s'"),
+        (["--endpoints-file", "/nonexistent/endpoints.yaml"],
+         "llmd-epp: --endpoints-file: cannot read /nonexistent/endpoints.yaml: No such file"),
     ],
 )  # fmt: skip
 def test_bad_start_up_is_one_line(args: list[str], message: str) -> None:
