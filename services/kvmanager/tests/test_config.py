@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,16 @@ def test_main_reports_bad_settings_without_a_traceback(capsys: pytest.CaptureFix
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.startswith("llmd-kvmanager 0.")
+
+
+def test_unreachable_redis_at_start_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"redis://127.0.0.1:{port}/0"
+    args = ["--backend.kind", "redis", "--backend.redis-url", url, "--grpc-port", "0",
+            "--http-port", "0", "--no-log-json"]  # fmt: skip
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(f"llmd-kvmanager: backend.redis_url {url}: ")

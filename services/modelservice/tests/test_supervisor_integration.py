@@ -274,6 +274,12 @@ async def test_restart_api_drains_and_starts_a_new_process(
         assert unknown.status_code == 404
         bad = await c.post(f"{base}/v1/models/rolling/scale", json={"replicas": -1})
         assert bad.status_code == 422
+        error = bad.json()["error"]  # the README's one error shape, naming the field
+        assert error["type"] == "invalid_request"
+        assert error["message"].startswith("replicas: Input should be greater than or equal to 0")
+        extra = await c.post(f"{base}/v1/models/rolling/scale", json={"replicas": 1, "x": 1})
+        assert extra.status_code == 422
+        assert extra.json()["error"]["message"].startswith("x: Extra inputs are not permitted")
 
 
 async def test_engine_that_exits_at_startup_is_given_up(

@@ -81,6 +81,8 @@ class EPPSettings:
             raise ConfigError(f"--{name.replace('_', '-')}: {exc}") from None
 
 
+_DURATIONS = ("refresh_metrics_interval", "queue_ttl", "drain_timeout")
+
 _HELP = {
     "host": "address to bind the gRPC and metrics servers",
     "grpc_port": "ext_proc gRPC port",
@@ -155,4 +157,12 @@ def parse_settings(
             raise ConfigError(f"--{port.replace('_', '-')}: not a port: {getattr(settings, port)}")
     if settings.config_file and settings.config_text:
         raise ConfigError("--config-file and --config-text: give one, not both")
+    # Durations are read at different times (--drain-timeout only on SIGTERM): check them all
+    # now, so that a typo fails the start, not the shutdown.
+    for name in _DURATIONS:
+        value = settings.duration(name)
+        # 0 would read as "unset" and silently fall back to the default.
+        if value is not None and value <= 0 and name != "drain_timeout":
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag}: must be positive, got {getattr(settings, name)!r}")
     return settings

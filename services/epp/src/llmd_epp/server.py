@@ -90,6 +90,9 @@ class EPP:
         self.health_server: GrpcServer | None = None
         self.metrics_server: Any = None
         self._tasks: list[asyncio.Task[Any]] = []
+        # Set to the error when the endpoint source ends with one: `serve` then exits non-zero
+        # rather than staying up, never ready, with no endpoints.
+        self.source_failed: asyncio.Future[BaseException] | None = None
 
     # ------------------------------------------------------------- construction
     def _load_picker(self) -> PickerConfig:
@@ -156,6 +159,7 @@ class EPP:
         if self.scraper is not None:
             await self.scraper.start()
         loop = asyncio.get_running_loop()
+        self.source_failed = loop.create_future()
         self._tasks.append(loop.create_task(self._run_source(), name="endpoint source"))
         self._tasks.append(loop.create_task(self._housekeeping(), name="housekeeping"))
         if isinstance(self.source, KubernetesSource) and not s.objectives_file:
@@ -185,7 +189,8 @@ class EPP:
             raise
         except Exception as exc:
             log.error("endpoint source failed", error=str(exc))
-            raise
+            if self.source_failed is not None and not self.source_failed.done():
+                self.source_failed.set_result(exc)
 
     async def _housekeeping(self) -> None:
         while True:
@@ -219,10 +224,19 @@ class EPP:
 async def serve(settings: EPPSettings) -> int:
     epp = EPP(settings)
     await epp.start()
-    sig = await wait_for_signal()
-    log.info("epp stopping", signal=signal.Signals(sig).name)
+    assert epp.source_failed is not None
+    signalled = asyncio.ensure_future(wait_for_signal())
+    await asyncio.wait({signalled, epp.source_failed}, return_when=asyncio.FIRST_COMPLETED)
+    if signalled.done():
+        log.info("epp stopping", signal=signal.Signals(signalled.result()).name)
+        await epp.stop()
+        return 0
+    signalled.cancel()
+    error = epp.source_failed.result()
     await epp.stop()
-    return 0
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    print(f"llmd-epp: endpoint source failed: {reason}", file=sys.stderr)
+    return 1
 
 
 def _run_workers(settings: EPPSettings, argv: Sequence[str]) -> int:

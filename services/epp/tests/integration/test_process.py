@@ -57,6 +57,13 @@ def run_bad(*args: str) -> subprocess.CompletedProcess[str]:
          "llmd-epp: --config-text: plugin 'magic-scorer': unknown plugin type"),
         ([], "llmd-epp: endpoints: give exactly one source"),
         (["--endpoints", "nope"], "llmd-epp: --endpoints[0]: 'nope' is not ip:port"),
+        (["--endpoints", "1.2.3.4:5", "--drain-timeout", "soon", "--grpc-port", "0",
+          "--grpc-health-port", "0", "--metrics-port", "0"],
+         "llmd-epp: --drain-timeout: not a duration"),
+        (["--endpoints", "1.2.3.4:5", "--refresh-metrics-interval", "0s"],
+         "llmd-epp: --refresh-metrics-interval: must be positive, got '0s'"),
+        (["--endpoints-file", "/nonexistent/endpoints.yaml"],
+         "llmd-epp: --endpoints-file: cannot read /nonexistent/endpoints.yaml: No such file"),
     ],
 )  # fmt: skip
 def test_bad_start_up_is_one_line(args: list[str], message: str) -> None:
@@ -65,6 +72,18 @@ def test_bad_start_up_is_one_line(args: list[str], message: str) -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith(message), lines[0]
+
+
+def test_a_failed_endpoint_source_ends_the_process_in_one_line(tmp_path: Path) -> None:
+    """Without a usable kubeconfig the pod source cannot start: the EPP exits 1 with one line
+    naming the flag, instead of staying up, never ready, with no endpoints."""
+    missing = tmp_path / "no-such-kubeconfig"
+    proc = run_bad("--pool-name", "pool", "--kubeconfig", str(missing), "--grpc-port", "0",
+                   "--grpc-health-port", "0", "--metrics-port", "0")  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"llmd-epp: endpoint source failed: --kubeconfig {missing}: "), last
 
 
 async def health(port: int, service: str) -> int:

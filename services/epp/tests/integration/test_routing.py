@@ -322,3 +322,39 @@ async def test_health_services_and_metrics(engines: list[Engine], run_epp: Any) 
         "inference_extension_prefix_indexer_hit_ratio_count 1.0",
     ):
         assert name in text, name
+
+
+async def test_a_decision_is_a_span_in_the_callers_trace(
+    engines: list[Engine], run_epp: Any
+) -> None:
+    """A request that carries a W3C `traceparent` gets one `llm_d.epp.schedule` span, a child of
+    the caller's span, naming the pick; a request without one (and no exporter configured) costs
+    no span."""
+    from llmd_sdk.telemetry import setup_tracing
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = setup_tracing("llmd-epp", exporter=exporter)
+    epp = await run_epp(epp_settings("--config-text", LOAD_ONLY, endpoints=engines))
+    await wait_scraped(epp, 4)
+    trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    driver = Driver(f"127.0.0.1:{epp.grpc.port}")
+    try:
+        traced = await driver.send(
+            prompt(1), headers={"traceparent": f"00-{trace_id}-{parent_id}-01"}
+        )
+        untraced = await driver.send(prompt(2))
+    finally:
+        await driver.close()
+    assert traced.status == 200 and untraced.status == 200
+    provider.force_flush()
+    spans = [s for s in exporter.get_finished_spans() if s.name == "llm_d.epp.schedule"]
+    exporter.shutdown()  # the provider is process-wide: later tests export nowhere
+    assert len(spans) == 1, [s.attributes for s in spans]
+    span = spans[0]
+    assert format(span.context.trace_id, "032x") == trace_id
+    assert span.parent is not None and format(span.parent.span_id, "016x") == parent_id
+    assert span.attributes is not None
+    assert span.attributes["llm_d.epp.outcome"] == "picked"
+    assert span.attributes["llm_d.epp.endpoint"] == traced.endpoint
+    assert span.attributes["llm_d.epp.candidates"] == 4

@@ -118,7 +118,12 @@ class KVManager:
     async def start(self) -> None:
         connect = getattr(self.index, "connect", None)
         if connect is not None:
-            await connect()
+            try:
+                await connect()
+            except Exception as exc:  # redis' errors are not OSErrors: name the setting
+                b = self.config.backend
+                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise ConnectionError(f"backend.redis_url {b.redis_url}: {reason}") from None
         await self.subscriber.start()
         for e in self.config.engines:
             await self.subscriber.add_engine(engine_source(e))

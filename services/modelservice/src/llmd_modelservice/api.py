@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from llmd_sdk.health import add_health_routes
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -34,6 +35,15 @@ def _error(status: int, kind: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status)
 
 
+def _field_errors(exc: RequestValidationError) -> str:
+    """`replicas: Input should be ...; role: ...`: each field by its name in the request."""
+    parts = []
+    for err in exc.errors():
+        loc = [str(x) for x in err.get("loc", ()) if x not in ("body", "query", "path")]
+        parts.append(f"{'.'.join(loc) or 'body'}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
 def create_app(supervisor: Supervisor, *, heartbeat_seconds: float = 15.0) -> FastAPI:
     app = FastAPI(title="llmd-modelservice", version=__version__)
     sup = supervisor
@@ -41,6 +51,11 @@ def create_app(supervisor: Supervisor, *, heartbeat_seconds: float = 15.0) -> Fa
     @app.exception_handler(NotFoundError)
     async def _not_found(_: Request, exc: NotFoundError) -> JSONResponse:
         return _error(404, "not_found", str(exc))
+
+    # The API's one error shape for bad input too (FastAPI's default is a `detail` list).
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, "invalid_request", _field_errors(exc))
 
     @app.exception_handler(ScaleError)
     async def _conflict(_: Request, exc: ScaleError) -> JSONResponse:

@@ -110,7 +110,12 @@ class StaticSource:
     def prime(self, store: Datastore) -> None:
         """The first view, synchronously (start-up errors surface before serving)."""
         if self.path is not None:
-            self._mtime = os.stat(self.path).st_mtime
+            try:
+                self._mtime = os.stat(self.path).st_mtime
+            except OSError as exc:
+                raise ConfigError(
+                    f"--endpoints-file: cannot read {self.path}: {exc.strerror}"
+                ) from None
         store.replace(self.load(), SOURCE)
 
     async def run(self, store: Datastore) -> None:
