@@ -3,8 +3,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
 
 import httpx
+import pytest
 import structlog
 from llmd_sdk.telemetry import (
     bind_request_context,
@@ -104,3 +106,17 @@ def test_a_logger_made_before_configuration_logs_as_configured() -> None:
     assert event["event"] == "ready" and event["service"] == "svc"
     assert event["logger"] == "llmd_sim.server" and event["component"] == "engine"
     assert event["port"] == 8000 and event["level"] == "warning"
+
+
+def test_logging_follows_a_replaced_stderr(monkeypatch: pytest.MonkeyPatch) -> None:
+    # configure_logging without a stream must not hold on to the stderr of that moment: a test
+    # runner's capture file is closed later, and every log call after it raised ValueError.
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    configure_logging("svc", "INFO")
+    first.close()
+    monkeypatch.setattr(sys, "stderr", second)
+    get_logger("x").info("after the swap")
+    logging.getLogger("stdlib").warning("from the standard library")
+    lines = [json.loads(line) for line in second.getvalue().splitlines()]
+    assert [e["event"] for e in lines] == ["after the swap", "from the standard library"]

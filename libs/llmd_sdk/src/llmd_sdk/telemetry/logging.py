@@ -38,7 +38,7 @@ def configure_logging(
     gives a readable console format for local runs. Idempotent.
     """
     global _configured_service
-    out = stream or sys.stderr
+    out: TextIO = stream or _CurrentStderr()  # type: ignore[assignment]
     lvl = logging.getLevelName(level.upper()) if isinstance(level, str) else level
     if not isinstance(lvl, int):
         raise ValueError(f"log level: {level!r} is not a logging level")
@@ -75,6 +75,21 @@ def configure_logging(
     root.handlers = [handler]
     root.setLevel(lvl)
     _configured_service = service
+
+
+class _CurrentStderr:
+    """Writes to whatever `sys.stderr` is at the time of the write, not at configure time.
+
+    Holding the object that was `sys.stderr` during `configure_logging` breaks as soon as it is
+    replaced and closed (a test runner's capture, a daemonising wrapper): every later log call
+    would raise "I/O operation on closed file".
+    """
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
 
 
 def _service_adder(service: str) -> Any:
