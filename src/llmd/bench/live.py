@@ -436,6 +436,8 @@ async def run_cell(
         router=router,
         rate_rps=rate,
         wall_s=time.perf_counter() - t,
+        # Every process of the run shares this machine's CPUs: how busy they were.
+        load_avg_1m=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         prefix_hit_rate=hits / queries if queries else float("nan"),
         engine_requests=[b - a for a, b in zip(spread0, spread1, strict=True)],
         overhead_direct_p50_ms=percentile(direct, 50) * 1e3,

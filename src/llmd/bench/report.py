@@ -123,6 +123,16 @@ def _f(v: Any, fmt: str = "{:,.1f}") -> str:
 
 def markdown(doc: dict[str, Any]) -> str:
     lines: list[str] = []
+    if doc.get("command"):
+        lines += [f"Command: `{doc['command']}`", ""]
+    m = doc.get("machine") or {}
+    if m:
+        lines += [
+            f"Machine: {m.get('cpus')} CPUs, load average (1/5/15 min) "
+            f"{m.get('load_avg_start')} at start, {m.get('load_avg_end')} at end; every "
+            "process (engines, routers, load driver) shares these CPUs.",
+            "",
+        ]
     live = doc.get("live") or {}
     cells = live.get("cells") or []
     if cells:
