@@ -111,6 +111,32 @@ def targets(cells: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def kv_index_notes(cells: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per cell where the router's prefix data was missing: vllm-router's KV index
+    consulted and never matching, or our EPP's kvmanager score calls failing (timeouts). Such
+    a router balanced on load alone, which the table alone would not show."""
+    out = []
+    for c in sorted(cells, key=lambda c: (c["router"], c["rate_rps"])):
+        lookups = (c.get("router_stats") or {}).get("kv_index_lookups") or {}
+        total = sum(lookups.values())
+        misses = lookups.get("miss", 0.0)
+        errors = sum(((c.get("router_stats") or {}).get("kvmanager_score_errors") or {}).values())
+        if errors:
+            out.append(
+                f"{c['router']} @ {c['rate_rps']:g} req/s: {errors:.0f} kvmanager score calls "
+                f"failed or timed out (llm_d_epp_kvindex_errors_total; {c.get('requests')} "
+                "trace requests plus the overhead probes): those requests were scored without "
+                "prefix data."
+            )
+        if total and misses == total:
+            out.append(
+                f"{c['router']} @ {c['rate_rps']:g} req/s: its KV index matched no prefix in "
+                f"{total:.0f} lookups (vllm_router_kv_placement_lookups_total: all 'miss'), "
+                "so it routed on load alone."
+            )
+    return out
+
+
 def _ms(v: Any) -> str:
     x = _num(v)
     return "-" if math.isnan(x) else f"{x * 1e3:,.0f}"
@@ -157,6 +183,8 @@ def markdown(doc: dict[str, Any]) -> str:
             )
         for router, why in (live.get("skipped") or {}).items():
             lines.append(f"\n{router}: skipped: {why}")
+        for note in kv_index_notes(cells):
+            lines.append(f"\n{note}")
         t = live.get("targets") or {}
         lines += ["", "### Targets (measured)", ""]
         if "note" in t:
