@@ -55,6 +55,9 @@ def test_notes_name_a_kv_index_that_never_matched() -> None:
     assert len(notes) == 1
     assert notes[0].startswith("vllm-router-kv @ 8 req/s") and "400 lookups" in notes[0]
     assert report.kv_index_notes([_cell("vllm-router-kv", {"miss": 5.0, "hit": 1.0})]) == []
+    # Lookups without token ids did not match either.
+    both = report.kv_index_notes([_cell("vllm-router-kv", {"miss": 392.0, "missing_tokens": 14.0})])
+    assert len(both) == 1 and "406 lookups" in both[0]
 
 
 def test_notes_count_failed_kvmanager_score_calls() -> None:

@@ -119,7 +119,8 @@ def kv_index_notes(cells: Sequence[dict[str, Any]]) -> list[str]:
     for c in sorted(cells, key=lambda c: (c["router"], c["rate_rps"])):
         lookups = (c.get("router_stats") or {}).get("kv_index_lookups") or {}
         total = sum(lookups.values())
-        misses = lookups.get("miss", 0.0)
+        # "miss" and "missing_tokens" (no token ids to look up) are the non-matching results.
+        misses = lookups.get("miss", 0.0) + lookups.get("missing_tokens", 0.0)
         errors = sum(((c.get("router_stats") or {}).get("kvmanager_score_errors") or {}).values())
         if errors:
             out.append(
@@ -131,7 +132,8 @@ def kv_index_notes(cells: Sequence[dict[str, Any]]) -> list[str]:
         if total and misses == total:
             out.append(
                 f"{c['router']} @ {c['rate_rps']:g} req/s: its KV index matched no prefix in "
-                f"{total:.0f} lookups (vllm_router_kv_placement_lookups_total: all 'miss'), "
+                f"{total:.0f} lookups (vllm_router_kv_placement_lookups_total: all 'miss' or "
+                "'missing_tokens'), "
                 "so it routed on load alone."
             )
     return out
