@@ -312,7 +312,7 @@ def run_des(
                 result = sim.run(trace)
                 s = result.summary()
                 spread = result.per_engine_requests
-                row = {
+                row: dict[str, Any] = {
                     "engines": n,
                     "router": name,
                     "rate_rps": rate,
