@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from llmd.bench import report
 from llmd.bench.live import router_metrics_url, router_prefix_stats
 from llmd.local.process import ProcessSpec
@@ -70,3 +72,22 @@ def test_notes_count_failed_kvmanager_score_calls() -> None:
     notes = report.kv_index_notes([cell, {**cell, "router_stats": {}}])
     assert len(notes) == 1
     assert "120" in notes[0] and "epp-precise @ 16 req/s" in notes[0]
+
+
+def _live(router: str, p90: float) -> dict[str, object]:
+    return {
+        "router": router, "rate_rps": 4.0, "requests": 10, "succeeded": 10, "drain_s": 0.1,
+        "arrival_span_s": 10.0, "e2e_p50_s": 0.5, "ttft_p90_s": p90, "output_tokens_per_s": 100.0,
+        "completes": True,
+    }  # fmt: skip
+
+
+def test_targets_say_why_there_is_no_vllm_router_comparison() -> None:
+    t = report.targets([_live("round-robin", 0.9), _live("epp-precise", 0.3)])
+    assert t["p90_ttft"]["ratio"] == pytest.approx(3.0)
+    note = t["vs_vllm_router"]["note"]
+    assert "no result at 4 req/s" in note and "skipped" in note
+    t2 = report.targets(
+        [_live("round-robin", 0.9), _live("epp-precise", 0.3), _live("vllm-router-cache", 0.6)]
+    )
+    assert t2["vs_vllm_router"]["ratio"] == pytest.approx(2.0) and t2["vs_vllm_router"]["met"]

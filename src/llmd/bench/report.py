@@ -106,7 +106,10 @@ def targets(cells: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "met": bool(vr >= 1.2),
         }
     else:
-        out["vs_vllm_router"] = {"note": "vllm-router did not run (see skipped)"}
+        out["vs_vllm_router"] = {
+            "note": f"vllm-router has no result at {rate:g} req/s (not among the routers run, "
+            "or skipped: see above)"
+        }
     out["epp_precise_overhead_added_p50_ms"] = _num(ours_at.get("overhead_added_p50_ms"))
     return out
 
