@@ -91,3 +91,16 @@ def test_targets_say_why_there_is_no_vllm_router_comparison() -> None:
         [_live("round-robin", 0.9), _live("epp-precise", 0.3), _live("vllm-router-cache", 0.6)]
     )
     assert t2["vs_vllm_router"]["ratio"] == pytest.approx(2.0) and t2["vs_vllm_router"]["met"]
+
+
+def test_error_notes_give_counts_and_reasons() -> None:
+    cell = {
+        "router": "epp-precise",
+        "rate_rps": 24.0,
+        "errors": {"503": 2},
+        "error_samples": {"503": ['{"error":\n "no ready endpoints in the pool"}']},
+    }
+    notes = report.error_notes([cell, {"router": "round-robin", "rate_rps": 24.0, "errors": {}}])
+    assert notes == [
+        'epp-precise @ 24 req/s failed 2 x 503: {"error": "no ready endpoints in the pool"}'
+    ]

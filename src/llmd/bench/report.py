@@ -114,6 +114,20 @@ def targets(cells: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def error_notes(cells: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per cell with failed requests: how many, by status, and why (sampled)."""
+    out = []
+    for c in sorted(cells, key=lambda c: (c["router"], c["rate_rps"])):
+        errors = c.get("errors") or {}
+        if not errors:
+            continue
+        counts = ", ".join(f"{n} x {k}" for k, n in sorted(errors.items()))
+        samples = [x for xs in (c.get("error_samples") or {}).values() for x in xs]
+        why = f": {'; '.join(' '.join(x.split())[:160] for x in samples)}" if samples else ""
+        out.append(f"{c['router']} @ {c['rate_rps']:g} req/s failed {counts}{why}")
+    return out
+
+
 def kv_index_notes(cells: Sequence[dict[str, Any]]) -> list[str]:
     """One line per cell where the router's prefix data was missing: vllm-router's KV index
     consulted and never matching, or our EPP's kvmanager score calls failing (timeouts). Such
@@ -188,7 +202,7 @@ def markdown(doc: dict[str, Any]) -> str:
             )
         for router, why in (live.get("skipped") or {}).items():
             lines.append(f"\n{router}: skipped: {why}")
-        for note in kv_index_notes(cells):
+        for note in kv_index_notes(cells) + error_notes(cells):
             lines.append(f"\n{note}")
         t = live.get("targets") or {}
         lines += ["", "### Targets (measured)", ""]
