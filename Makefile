@@ -13,7 +13,7 @@ help:
 	@echo "make test       install everything (uv sync) and run the whole test suite"
 	@echo "make up         run the local stack (dev gateway on 127.0.0.1:8000)"
 	@echo "make lint       ruff check, ruff format --check, mypy"
-	@echo "make bench      the routing benchmark (llmd bench)"
+	@echo "make bench      the routing benchmark (llmd bench; BENCH_ARGS=--smoke for a short run)"
 	@echo "make manifests  render every Kustomize overlay into build/manifests/"
 	@echo "make images     build every service image (where Docker runs)"
 
@@ -48,7 +48,7 @@ fmt: sync
 	$(UV) run --frozen --no-sync ruff format .
 
 bench: sync
-	$(UV) run --frozen --no-sync llmd bench
+	$(UV) run --frozen --no-sync llmd bench $(BENCH_ARGS)
 
 # Every overlay rendered to build/manifests/<hardware>/<mode>.yaml (what `kubectl apply -k` applies).
 manifests:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -139,6 +140,10 @@ def _run(args: argparse.Namespace) -> int:
         "smoke": args.smoke,
         "workload": _spec_dict(spec),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "command": " ".join(["llmd", "bench", *sys.argv[2:]])
+        if sys.argv[1:2] == ["bench"]
+        else " ".join(sys.argv),
+        "machine": _machine(),
     }
     if not args.no_live:
         log(f"live: {opts.engines} engines, routers {', '.join(routers)}, rates {rates}")
@@ -180,6 +185,7 @@ def _run(args: argparse.Namespace) -> int:
                 "rows": des_mode.run_des(des_opts, des_mode.DES_ROUTERS, log=log),
             }
     doc["wall_s"] = time.time() - started
+    doc["machine"]["load_avg_end"] = _load_avg()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     report.write_json(out / "results.json", doc)
@@ -199,3 +205,19 @@ def _run(args: argparse.Namespace) -> int:
 
 def _spec_dict(spec: Any) -> dict[str, Any]:
     return {name: getattr(spec, name) for name in spec.__dataclass_fields__}
+
+
+def _load_avg() -> list[float] | None:
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
+def _machine() -> dict[str, Any]:
+    """What the live numbers depend on: CPUs and how busy they already were."""
+    import platform
+
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_avg_start": _load_avg(),
+    }

@@ -21,6 +21,7 @@ vllm-router's `kv_aware` policy is not modelled (its cost function is not docume
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,11 +36,20 @@ DES_ROUTERS = ("round-robin", "epp-default", "epp-precise", "vllm-router-cache (
 _ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 
 
-def token_text(ids: Sequence[int]) -> str:
+def _token_chars(t: int) -> str:
     a = _ALPHABET
-    return "".join(
-        a[(t >> 18) & 63] + a[(t >> 12) & 63] + a[(t >> 6) & 63] + a[t & 63] for t in ids
-    )
+    return a[(t >> 18) & 63] + a[(t >> 12) & 63] + a[(t >> 6) & 63] + a[t & 63]
+
+
+# Token id -> its 4 characters, for ids up to 2**18 (every vocabulary the sims use): one
+# lookup per token instead of four shifts and concatenations (the routing loop's hot path).
+_TOKEN_CHARS = [_token_chars(t) for t in range(1 << 18)]
+
+
+def token_text(ids: Sequence[int]) -> str:
+    table = _TOKEN_CHARS
+    n = len(table)
+    return "".join(table[t] if 0 <= t < n else _token_chars(t) for t in ids)
 
 
 class EppRouter:
@@ -59,6 +69,14 @@ class EppRouter:
         self.index = {e.key: i for i, e in enumerate(self.endpoints)}
         self._views: Sequence[Any] = ()
         self._hashes: Sequence[Any] = ()
+        self.texts: dict[str, str] = {}
+
+    def _text(self, request: Any) -> str:
+        """The prompt as text (4 characters per token); shared across the runs of one size."""
+        text = self.texts.get(request.request_id)
+        if text is None:
+            text = self.texts[request.request_id] = token_text(request.prompt_token_ids)
+        return text
 
     # PrefixScoreSource, synchronous: what kvmanager would answer.
     def score(self, request: Any, endpoints: Sequence[str]) -> Any:
@@ -92,7 +110,7 @@ class EppRouter:
             request_id=request.request_id,
             model=MODEL,
             target_model=MODEL,
-            prompt=token_text(request.prompt_token_ids),
+            prompt=self._text(request),
             token_ids=request.prompt_token_ids,
         )
         result = self.scheduler.schedule(req, self.endpoints, now)
@@ -173,19 +191,79 @@ def des_available() -> str | None:
     return None
 
 
-def _trace(turns: Sequence[ChatTurn], output_len: int) -> list[Any]:
-    from llmd_sdk.tokenizer import load_tokenizer
+# A special token of the chat template (`<|im_start|>`, `<|eot_id|>`, ...).
+_SPECIAL = re.compile(r"(<\|[^<>|\s]+\|>)")
+
+
+class ChatEncoder:
+    """Token ids of chat prompts, encoded piece by piece with a cache.
+
+    The rendered template is cut at its special tokens, which the tokenizer never merges
+    with their neighbours, so encoding the pieces and joining them gives the ids of the
+    whole text (a test checks it). Every turn repeats its group's system prompt and its own
+    history, so the cache turns tokenizing N prompts of several thousand tokens into
+    tokenizing each distinct message once.
+    """
+
+    def __init__(self) -> None:
+        from llmd_sdk.tokenizer import load_tokenizer
+
+        self.tok = load_tokenizer(None)
+        self.pieces: dict[str, list[int]] = {}
+
+    def _piece(self, text: str) -> list[int]:
+        ids = self.pieces.get(text)
+        if ids is None:
+            ids = self.pieces[text] = self.tok.encode(text, add_special_tokens=False)
+        return ids
+
+    def encode(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        text = self.tok.apply_chat_template(messages)
+        out: list[int] = []
+        for piece in _SPECIAL.split(text):
+            if piece:
+                out.extend(self._piece(piece))
+        return out
+
+    def shared_prefix_len(self, messages: Sequence[dict[str, str]]) -> int:
+        """Tokens of the rendered first (system) message: what every turn of a group shares."""
+        first = self.encode(messages[:1])
+        whole = self.encode(messages)
+        n = 0
+        for a, b in zip(first, whole, strict=False):
+            if a != b:
+                break
+            n += 1
+        return n
+
+
+def _trace(
+    turns: Sequence[ChatTurn], output_len: int, enc: ChatEncoder, ids: dict[str, list[int]]
+) -> list[Any]:
+    """The trace as the cluster simulator takes it. `ids` caches each turn's token ids by
+    request id (content does not depend on the rate); `prefix_key`/`prefix_len` name the
+    group's system prompt so its block hashes are computed once per run."""
     from llmd_sim.trace import TraceRequest
 
-    tok = load_tokenizer(None)
-    texts = [tok.apply_chat_template(t.messages) for t in turns]
-    ids = tok.encode_batch(texts, add_special_tokens=False)
-    return [
-        TraceRequest(
-            request_id=t.request_id, arrival=t.arrival_s, prompt_token_ids=p, output_len=output_len
+    out = []
+    for t in turns:
+        p = ids.get(t.request_id)
+        if p is None:
+            p = ids[t.request_id] = enc.encode(t.messages)
+        shared = ids.get(f"group/{t.group}")
+        if shared is None:
+            shared = ids[f"group/{t.group}"] = [enc.shared_prefix_len(t.messages)]
+        out.append(
+            TraceRequest(
+                request_id=t.request_id,
+                arrival=t.arrival_s,
+                prompt_token_ids=list(p),
+                output_len=output_len,
+                prefix_key=f"group/{t.group}",
+                prefix_len=shared[0],
+            )
         )
-        for t, p in zip(turns, ids, strict=True)
-    ]
+    return out
 
 
 def make_router(name: str, num_engines: int) -> Any:
@@ -217,18 +295,24 @@ def run_des(
     blocks = opts.num_gpu_blocks or getattr(profile, "num_gpu_blocks", None) or 8192
     config = EngineConfig(max_num_seqs=opts.max_num_seqs, num_gpu_blocks=blocks)
     rows: list[dict[str, Any]] = []
+    enc = ChatEncoder()
     for n in opts.engines:
         spec = opts.base.scaled(n / opts.base_engines)
+        ids: dict[str, list[int]] = {}
+        texts: dict[str, str] = {}
         for per_engine in opts.rates_per_engine:
             rate = per_engine * n
             turns = build_trace(spec, rate)
             for name in routers:
-                trace = _trace(turns, spec.output_tokens)
-                sim = ClusterSimulator(n, config, LatencyModel(profile), make_router(name, n))
+                trace = _trace(turns, spec.output_tokens, enc, ids)
+                router = make_router(name, n)
+                if isinstance(router, EppRouter):
+                    router.texts = texts
+                sim = ClusterSimulator(n, config, LatencyModel(profile), router)
                 result = sim.run(trace)
                 s = result.summary()
                 spread = result.per_engine_requests
-                row = {
+                row: dict[str, Any] = {
                     "engines": n,
                     "router": name,
                     "rate_rps": rate,

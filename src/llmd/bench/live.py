@@ -391,6 +391,37 @@ class LiveCluster:
         raise ValueError(f"unknown router {router!r}; one of {', '.join(ROUTERS)}")
 
 
+def router_metrics_url(specs: Sequence[ProcessSpec]) -> str | None:
+    """The router's own Prometheus endpoint: vllm-router's --prometheus-port or our EPP's
+    --metrics-port; None for the round-robin proxy."""
+    for spec in specs:
+        argv = list(spec.argv)
+        for flag in ("--prometheus-port", "--metrics-port"):
+            if flag in argv:
+                return f"http://127.0.0.1:{argv[argv.index(flag) + 1]}/metrics"
+    return None
+
+
+def router_prefix_stats(text: str) -> dict[str, dict[str, float]]:
+    """What the router says about its own prefix routing: vllm-router's KV-index lookups by
+    result and routing decisions by outcome (so a kv_aware run whose index never matched
+    shows it), our EPP's failed or timed-out kvmanager score calls."""
+    wanted = {
+        "vllm_router_kv_placement_lookups_total": ("kv_index_lookups", "result"),
+        "vllm_router_prefix_routing_decisions_total": ("prefix_decisions", "outcome"),
+        "llm_d_epp_kvindex_errors_total": ("kvmanager_score_errors", ""),
+    }
+    out: dict[str, dict[str, float]] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name in wanted:
+                key, label = wanted[s.name]
+                by = out.setdefault(key, {})
+                name = s.labels.get(label, "")
+                by[name] = by.get(name, 0.0) + s.value
+    return out
+
+
 def _python_module(module: str) -> list[str]:
     return [sys.executable, "-m", module]
 
@@ -427,6 +458,12 @@ async def run_cell(
             log(f"  {router} @ {rate:g} req/s: {len(results)} requests in {wall:.1f}s real")
             after = await cluster.counters(client)
             spread1 = await cluster.per_engine_successes(client)
+            metrics_url = router_metrics_url(specs)
+            router_stats = (
+                router_prefix_stats((await client.get(metrics_url, timeout=30)).text)
+                if metrics_url
+                else {}
+            )
         finally:
             await sup.stop()
     summary = summarize(results, time_scale=scale, offered_rps=rate)
@@ -436,8 +473,12 @@ async def run_cell(
         router=router,
         rate_rps=rate,
         wall_s=time.perf_counter() - t,
+        # Every process of the run shares this machine's CPUs: how busy they were.
+        load_avg_1m=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         prefix_hit_rate=hits / queries if queries else float("nan"),
         engine_requests=[b - a for a, b in zip(spread0, spread1, strict=True)],
+        # Cumulative over the probes and the trace (the router starts fresh per cell).
+        router_stats=router_stats,
         overhead_direct_p50_ms=percentile(direct, 50) * 1e3,
         overhead_routed_p50_ms=percentile(routed, 50) * 1e3,
         overhead_added_p50_ms=(percentile(routed, 50) - percentile(direct, 50)) * 1e3,

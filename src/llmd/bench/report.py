@@ -106,8 +106,53 @@ def targets(cells: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "met": bool(vr >= 1.2),
         }
     else:
-        out["vs_vllm_router"] = {"note": "vllm-router did not run (see skipped)"}
+        out["vs_vllm_router"] = {
+            "note": f"vllm-router has no result at {rate:g} req/s (not among the routers run, "
+            "or skipped: see above)"
+        }
     out["epp_precise_overhead_added_p50_ms"] = _num(ours_at.get("overhead_added_p50_ms"))
+    return out
+
+
+def error_notes(cells: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per cell with failed requests: how many, by status, and why (sampled)."""
+    out = []
+    for c in sorted(cells, key=lambda c: (c["router"], c["rate_rps"])):
+        errors = c.get("errors") or {}
+        if not errors:
+            continue
+        counts = ", ".join(f"{n} x {k}" for k, n in sorted(errors.items()))
+        samples = [x for xs in (c.get("error_samples") or {}).values() for x in xs]
+        why = f": {'; '.join(' '.join(x.split())[:160] for x in samples)}" if samples else ""
+        out.append(f"{c['router']} @ {c['rate_rps']:g} req/s failed {counts}{why}")
+    return out
+
+
+def kv_index_notes(cells: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per cell where the router's prefix data was missing: vllm-router's KV index
+    consulted and never matching, or our EPP's kvmanager score calls failing (timeouts). Such
+    a router balanced on load alone, which the table alone would not show."""
+    out = []
+    for c in sorted(cells, key=lambda c: (c["router"], c["rate_rps"])):
+        lookups = (c.get("router_stats") or {}).get("kv_index_lookups") or {}
+        total = sum(lookups.values())
+        # "miss" and "missing_tokens" (no token ids to look up) are the non-matching results.
+        misses = lookups.get("miss", 0.0) + lookups.get("missing_tokens", 0.0)
+        errors = sum(((c.get("router_stats") or {}).get("kvmanager_score_errors") or {}).values())
+        if errors:
+            out.append(
+                f"{c['router']} @ {c['rate_rps']:g} req/s: {errors:.0f} kvmanager score calls "
+                f"failed or timed out (llm_d_epp_kvindex_errors_total; {c.get('requests')} "
+                "trace requests plus the overhead probes): those requests were scored without "
+                "prefix data."
+            )
+        if total and misses == total:
+            out.append(
+                f"{c['router']} @ {c['rate_rps']:g} req/s: its KV index matched no prefix in "
+                f"{total:.0f} lookups (vllm_router_kv_placement_lookups_total: all 'miss' or "
+                "'missing_tokens'), "
+                "so it routed on load alone."
+            )
     return out
 
 
@@ -123,6 +168,16 @@ def _f(v: Any, fmt: str = "{:,.1f}") -> str:
 
 def markdown(doc: dict[str, Any]) -> str:
     lines: list[str] = []
+    if doc.get("command"):
+        lines += [f"Command: `{doc['command']}`", ""]
+    m = doc.get("machine") or {}
+    if m:
+        lines += [
+            f"Machine: {m.get('cpus')} CPUs, load average (1/5/15 min) "
+            f"{m.get('load_avg_start')} at start, {m.get('load_avg_end')} at end; every "
+            "process (engines, routers, load driver) shares these CPUs.",
+            "",
+        ]
     live = doc.get("live") or {}
     cells = live.get("cells") or []
     if cells:
@@ -147,6 +202,8 @@ def markdown(doc: dict[str, Any]) -> str:
             )
         for router, why in (live.get("skipped") or {}).items():
             lines.append(f"\n{router}: skipped: {why}")
+        for note in kv_index_notes(cells) + error_notes(cells):
+            lines.append(f"\n{note}")
         t = live.get("targets") or {}
         lines += ["", "### Targets (measured)", ""]
         if "note" in t:

@@ -42,14 +42,21 @@ def summarize(
     cached_tokens = sum(r.cached_tokens for r in ok)
     achieved = len(ok) / span if span and span > 0 else math.nan
     errors: dict[str, int] = {}
+    # A few distinct error bodies per status: a 503's reason (no ready endpoint, flow-control
+    # timeout, ...) is what tells a router's failure apart from an engine's.
+    error_samples: dict[str, list[str]] = {}
     for r in results:
         if not r.ok:
             key = str(r.status) if r.status else (r.error.split(":", 1)[0] or "error")
             errors[key] = errors.get(key, 0) + 1
+            seen = error_samples.setdefault(key, [])
+            if r.error and r.error not in seen and len(seen) < 3:
+                seen.append(r.error)
     return {
         "requests": len(results),
         "succeeded": len(ok),
         "errors": errors,
+        "error_samples": error_samples,
         "offered_rps": offered_rps,
         "achieved_rps": achieved,
         "span_s": span,

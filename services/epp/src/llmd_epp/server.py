@@ -30,6 +30,7 @@ from llmd_epp.kvindex_client import KVIndexClient
 from llmd_epp.metrics import EPPMetrics
 from llmd_epp.objectives import Objectives, parse_objectives
 from llmd_epp.pickerconfig import PickerConfig, load_picker_config
+from llmd_epp.scheduling.plugins.precise_prefix_cache_scorer import PrecisePrefixCacheScorer
 from llmd_epp.scheduling.registry import ConfigError
 from llmd_epp.stream import stream_factory
 
@@ -52,6 +53,9 @@ class EPP:
         self.store = Datastore(settings.pool_name)
         self.metrics = EPPMetrics()
         self.metrics.info.labels("", __version__).set(1)
+        for plugin in self.picker.plugins.values():
+            if isinstance(plugin, PrecisePrefixCacheScorer):
+                plugin.on_error = self.metrics.kvindex_errors.inc
         self.objectives = Objectives(self._load_objectives())
         self.source: Any = self._make_source()
         flow_enabled = {"on": True, "off": False}.get(settings.flow_control)

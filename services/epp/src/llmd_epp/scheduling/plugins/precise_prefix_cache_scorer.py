@@ -17,7 +17,7 @@ after which the request is scored without prefix data).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -65,6 +65,9 @@ class PrecisePrefixCacheScorer(Scorer, PrepareData):
         super().__init__(name)
         self.source = source
         self.errors = 0
+        # Called on each failed or timed-out score call (the EPP points it at its
+        # llm_d_epp_kvindex_errors_total counter).
+        self.on_error: Callable[[], None] | None = None
 
     @classmethod
     def create(
@@ -115,6 +118,8 @@ class PrecisePrefixCacheScorer(Scorer, PrepareData):
         except Exception:
             # kvmanager down or slow: schedule without prefix data rather than fail.
             self.errors += 1
+            if self.on_error is not None:
+                self.on_error()
             return
         self._store(request, scores)
 

@@ -1,0 +1,93 @@
+"""The routing benchmark's discrete-event mode: trace encoding and the run itself."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from llmd.bench import des
+from llmd.bench.workload import WorkloadSpec, build_trace
+
+SPEC = WorkloadSpec(
+    seed=3, groups=2, users_per_group=2, turns=3, system_words=300, question_words=15,
+    answer_words=20, output_tokens=8, think_time_s=0.5,
+)  # fmt: skip
+
+
+def _old_token_text(ids: list[int]) -> str:
+    a = des._ALPHABET
+    return "".join(
+        a[(t >> 18) & 63] + a[(t >> 12) & 63] + a[(t >> 6) & 63] + a[t & 63] for t in ids
+    )
+
+
+def test_token_text_is_four_characters_per_token_for_any_id() -> None:
+    ids = [0, 1, 63, 64, 4095, 128255, (1 << 18) - 1, 1 << 18, (1 << 24) + 77]
+    assert des.token_text(ids) == _old_token_text(ids)
+    assert len(des.token_text(ids)) == 4 * len(ids)
+
+
+def test_chat_encoder_gives_the_ids_of_the_whole_rendered_prompt() -> None:
+    enc = des.ChatEncoder()
+    for turn in build_trace(SPEC, 4.0):
+        whole = enc.tok.encode(enc.tok.apply_chat_template(turn.messages), add_special_tokens=False)
+        assert enc.encode(turn.messages) == whole, turn.request_id
+
+
+def test_shared_prefix_is_common_to_every_turn_of_a_group() -> None:
+    enc = des.ChatEncoder()
+    turns = build_trace(SPEC, 4.0)
+    for group in range(SPEC.groups):
+        mine = [enc.encode(t.messages) for t in turns if t.group == group]
+        n = enc.shared_prefix_len(next(t for t in turns if t.group == group).messages)
+        # The system prompt alone is hundreds of tokens; every turn starts with the same n.
+        assert n >= SPEC.system_words
+        assert all(ids[:n] == mine[0][:n] for ids in mine)
+        assert all(len(ids) > n for ids in mine)
+
+
+def test_trace_encodes_each_distinct_piece_once_across_rates_and_routers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    enc = des.ChatEncoder()
+    calls: dict[str, int] = {}
+    real = enc.tok.encode
+
+    def counting(text: str, add_special_tokens: bool = True) -> list[int]:
+        calls[text] = calls.get(text, 0) + 1
+        return real(text, add_special_tokens=add_special_tokens)
+
+    monkeypatch.setattr(enc.tok, "encode", counting)
+    ids: dict[str, list[int]] = {}
+    first = None
+    for rate in (2.0, 8.0):
+        turns = build_trace(SPEC, rate)
+        for _router in range(3):
+            trace = des._trace(turns, SPEC.output_tokens, enc, ids)
+            by_id = {r.request_id: r.prompt_token_ids for r in trace}
+            first = first or by_id
+            assert by_id == first  # same content at every rate
+    assert calls and max(calls.values()) == 1
+
+
+def _run(routers: tuple[str, ...]) -> list[dict[str, Any]]:
+    opts = des.DesOptions(
+        engines=[4], rates_per_engine=[1.0], base=SPEC, base_engines=2, num_gpu_blocks=512
+    )
+    return des.run_des(opts, routers, log=lambda _m: None)
+
+
+def test_run_des_reports_every_router_on_the_same_trace() -> None:
+    rows = _run(des.DES_ROUTERS)
+    assert [r["router"] for r in rows] == list(des.DES_ROUTERS)
+    n = {r["requests"] for r in rows}
+    assert n == {SPEC.scaled(2).requests}
+    for r in rows:
+        assert 0.0 <= r["prefix_hit_rate"] <= 1.0
+        assert r["ttft_p50_s"] <= r["ttft_p90_s"] <= r["ttft_p99_s"]
+        assert not math.isnan(r["output_tokens_per_s"])
+    by = {r["router"]: r for r in rows}
+    # Prefix-aware policies find the shared system prompts that round-robin scatters.
+    assert by["epp-precise"]["prefix_hit_rate"] > by["round-robin"]["prefix_hit_rate"]

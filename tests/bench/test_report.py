@@ -1,0 +1,106 @@
+"""The routing benchmark's report: vllm-router's own prefix statistics and the notes on them."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmd.bench import report
+from llmd.bench.live import router_metrics_url, router_prefix_stats
+from llmd.local.process import ProcessSpec
+
+METRICS = """\
+# HELP vllm_router_kv_placement_lookups_total lookups
+# TYPE vllm_router_kv_placement_lookups_total counter
+vllm_router_kv_placement_lookups_total{result="miss"} 8
+vllm_router_kv_placement_lookups_total{result="hit"} 3
+# HELP vllm_router_prefix_routing_decisions_total decisions
+# TYPE vllm_router_prefix_routing_decisions_total counter
+vllm_router_prefix_routing_decisions_total{policy="kv_aware",stage="regular",outcome="prefix_cost"} 11
+# HELP vllm_router_requests_total requests
+# TYPE vllm_router_requests_total counter
+vllm_router_requests_total{route="/v1/chat/completions"} 11
+# HELP llm_d_epp_kvindex_errors_total errors
+# TYPE llm_d_epp_kvindex_errors_total counter
+llm_d_epp_kvindex_errors_total 5
+"""
+
+
+def test_prefix_stats_group_by_result_and_outcome() -> None:
+    stats = router_prefix_stats(METRICS)
+    assert stats == {
+        "kv_index_lookups": {"miss": 8.0, "hit": 3.0},
+        "prefix_decisions": {"prefix_cost": 11.0},
+        "kvmanager_score_errors": {"": 5.0},
+    }
+
+
+def test_metrics_url_only_for_a_router_with_a_prometheus_port() -> None:
+    vr = ProcessSpec(name="vr", argv=["vllm-router", "--port", "1", "--prometheus-port", "9"])
+    epp = ProcessSpec(name="epp", argv=["python", "-m", "llmd_epp", "--metrics-port", "7"])
+    rr = ProcessSpec(name="rr", argv=["python", "-m", "llmd.bench.rrproxy", "--port", "1"])
+    assert router_metrics_url([vr]) == "http://127.0.0.1:9/metrics"
+    assert router_metrics_url([epp]) == "http://127.0.0.1:7/metrics"
+    assert router_metrics_url([rr]) is None
+
+
+def _cell(router: str, lookups: dict[str, float]) -> dict[str, object]:
+    return {"router": router, "rate_rps": 8.0, "router_stats": {"kv_index_lookups": lookups}}
+
+
+def test_notes_name_a_kv_index_that_never_matched() -> None:
+    cells = [
+        _cell("vllm-router-kv", {"miss": 400.0}),
+        _cell("vllm-router-cache", {}),
+        {"router": "round-robin", "rate_rps": 8.0},
+    ]
+    notes = report.kv_index_notes(cells)
+    assert len(notes) == 1
+    assert notes[0].startswith("vllm-router-kv @ 8 req/s") and "400 lookups" in notes[0]
+    assert report.kv_index_notes([_cell("vllm-router-kv", {"miss": 5.0, "hit": 1.0})]) == []
+    # Lookups without token ids did not match either.
+    both = report.kv_index_notes([_cell("vllm-router-kv", {"miss": 392.0, "missing_tokens": 14.0})])
+    assert len(both) == 1 and "406 lookups" in both[0]
+
+
+def test_notes_count_failed_kvmanager_score_calls() -> None:
+    cell = {
+        "router": "epp-precise",
+        "rate_rps": 16.0,
+        "requests": 384,
+        "router_stats": {"kvmanager_score_errors": {"": 120.0}},
+    }
+    notes = report.kv_index_notes([cell, {**cell, "router_stats": {}}])
+    assert len(notes) == 1
+    assert "120" in notes[0] and "epp-precise @ 16 req/s" in notes[0]
+
+
+def _live(router: str, p90: float) -> dict[str, object]:
+    return {
+        "router": router, "rate_rps": 4.0, "requests": 10, "succeeded": 10, "drain_s": 0.1,
+        "arrival_span_s": 10.0, "e2e_p50_s": 0.5, "ttft_p90_s": p90, "output_tokens_per_s": 100.0,
+        "completes": True,
+    }  # fmt: skip
+
+
+def test_targets_say_why_there_is_no_vllm_router_comparison() -> None:
+    t = report.targets([_live("round-robin", 0.9), _live("epp-precise", 0.3)])
+    assert t["p90_ttft"]["ratio"] == pytest.approx(3.0)
+    note = t["vs_vllm_router"]["note"]
+    assert "no result at 4 req/s" in note and "skipped" in note
+    t2 = report.targets(
+        [_live("round-robin", 0.9), _live("epp-precise", 0.3), _live("vllm-router-cache", 0.6)]
+    )
+    assert t2["vs_vllm_router"]["ratio"] == pytest.approx(2.0) and t2["vs_vllm_router"]["met"]
+
+
+def test_error_notes_give_counts_and_reasons() -> None:
+    cell = {
+        "router": "epp-precise",
+        "rate_rps": 24.0,
+        "errors": {"503": 2},
+        "error_samples": {"503": ['{"error":\n "no ready endpoints in the pool"}']},
+    }
+    notes = report.error_notes([cell, {"router": "round-robin", "rate_rps": 24.0, "errors": {}}])
+    assert notes == [
+        'epp-precise @ 24 req/s failed 2 x 503: {"error": "no ready endpoints in the pool"}'
+    ]

@@ -1,0 +1,35 @@
+"""The routing benchmark's per-run summary: failures keep their reasons."""
+
+from __future__ import annotations
+
+from llmd.bench.client import Result
+from llmd.bench.stats import summarize
+
+
+def _ok(i: int) -> Result:
+    r = Result(f"ok{i}", scheduled_s=0.1 * i, sent_s=0.1 * i, first_token_s=0.1 * i + 0.05)
+    r.end_s, r.status, r.output_tokens, r.chunk_times = 0.1 * i + 0.2, 200, 4, [0.1 * i + 0.05]
+    return r
+
+
+def _failed(i: int, status: int, error: str) -> Result:
+    r = Result(f"bad{i}", scheduled_s=0.1 * i, sent_s=0.1 * i)
+    r.end_s, r.status, r.error = 0.1 * i + 0.01, status, error
+    return r
+
+
+def test_failures_are_counted_by_status_with_a_few_distinct_reasons() -> None:
+    results = [_ok(i) for i in range(5)] + [
+        _failed(5, 503, '{"error": "no ready endpoints in the pool"}'),
+        _failed(6, 503, '{"error": "no ready endpoints in the pool"}'),
+        _failed(7, 503, '{"error": "request timed out in the flow control queue"}'),
+        _failed(8, 0, "ReadTimeout: timed out"),
+    ]
+    s = summarize(results, time_scale=1.0, offered_rps=10.0)
+    assert s["succeeded"] == 5 and s["requests"] == 9
+    assert s["errors"] == {"503": 3, "ReadTimeout": 1}
+    assert s["error_samples"]["503"] == [
+        '{"error": "no ready endpoints in the pool"}',
+        '{"error": "request timed out in the flow control queue"}',
+    ]
+    assert s["error_samples"]["ReadTimeout"] == ["ReadTimeout: timed out"]
