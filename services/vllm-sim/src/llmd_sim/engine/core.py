@@ -278,7 +278,7 @@ class EngineCore:
                 m = q % bs
                 if not m and r.num_cached_blocks * bs <= p:
                     kv.cache_next_block(r)
-                last = ds + r.max_tokens - r.dec_out0 - 1
+                last = r.dec_last
                 if last == S:
                     finishing.append(r)
                 else:
@@ -462,6 +462,7 @@ class EngineCore:
         r.dec_start = start_step
         r.dec_c0 = r.num_computed_tokens
         r.dec_out0 = r.num_output_tokens
+        r.dec_last = start_step + r.max_tokens - r.dec_out0 - 1
         r.epoch += 1
         self.decoding[r] = None
         self._dec_ctx_base += r.dec_c0 - start_step + 1
@@ -473,7 +474,7 @@ class EngineCore:
         m = from_pos % bs
         pos = from_pos if (m == 0 or m == bs - 1) else from_pos + (bs - 1 - m)
         step = r.dec_start + (pos - r.dec_c0)
-        last = r.dec_start + r.max_tokens - r.dec_out0 - 1
+        last = r.dec_last
         if last < step:
             step = last
         self._events.setdefault(step, []).append((r, r.epoch))

@@ -438,10 +438,8 @@ class KVCacheManager:
             b = blocks[i]
             h = hashes[i]
             block_hash[b] = h
-            if h in cached:
+            if cached.setdefault(h, b) != b:
                 self._dups.setdefault(h, []).append(b)
-            else:
-                cached[h] = b
         req.num_cached_blocks = num_full
         if self.cpu_capacity:
             self._remember_meta(req, start, num_full)
@@ -476,11 +474,9 @@ class KVCacheManager:
         h = hashes[i]
         b = req.blocks[i]
         self.block_hash[b] = h
-        cached = self.cached
-        if h in cached:
+        # One lookup: b is fresh (unhashed), so it is never already the cached block of h.
+        if self.cached.setdefault(h, b) != b:
             self._dups.setdefault(h, []).append(b)
-        else:
-            cached[h] = b
         req.num_cached_blocks = i + 1
 
     def _remember_meta(self, req: Request, start: int, end: int) -> None:
