@@ -20,6 +20,7 @@ on GPU. Views read the engine as of its latest scheduling step.
 
 from __future__ import annotations
 
+import gc
 import heapq
 import math
 import random
@@ -220,6 +221,23 @@ class ClusterSimulator:
         return req
 
     def run(self, trace: Iterable[TraceRequest]) -> ClusterResult:
+        """Replay `trace` (arrival order) through the router and the engines to the end.
+
+        Python's cyclic garbage collector is paused for the run and restored afterwards: the
+        simulation makes no reference cycles, but every request holds lists of thousands of
+        token ids and block hashes that each young-generation collection would traverse again
+        (measured: ~15% of the CPU time of a 10-engine run). Reference counting still frees
+        everything as usual.
+        """
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._run(trace)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+
+    def _run(self, trace: Iterable[TraceRequest]) -> ClusterResult:
         cpu0, wall0 = time.process_time(), time.perf_counter()
         engines, views, router = self.engines, self.views, self.router
         n_engines = len(engines)
