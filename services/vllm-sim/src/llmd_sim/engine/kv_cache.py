@@ -291,16 +291,16 @@ class KVCacheManager:
             return result
         hashes = self.ensure_hashes(req, max_blocks)
         # Look every block up at C speed, then cut at the first miss.
-        gpu = list(
+        found: list[int | None] = list(
             map(self.cached.get, hashes[:max_blocks] if len(hashes) > max_blocks else hashes)
         )
         try:
-            i = gpu.index(None)
+            i = found.index(None)
         except ValueError:
             i = max_blocks
         else:
-            del gpu[i:]
-        result.gpu_blocks = gpu
+            del found[i:]
+        result.gpu_blocks = found  # type: ignore[assignment]  # no None left before index i
         if self.cpu_capacity and i < max_blocks:
             cpu = self.cpu
             while i < max_blocks and hashes[i] in cpu:
