@@ -202,6 +202,8 @@ class KVCacheManager:
         self._free_q: deque[int] = deque()
         self._qcount = [0] * num_gpu_blocks
         self._n_free = 0
+        # Compact once stale entries outnumber live ones by this much (tests lower it).
+        self._compact_slack = 1024
         # Hashers that can hash one block directly (FastBlockHasher) speed up decode caching.
         self._hash_block: Callable[..., Any] | None = getattr(hasher, "hash_block_at", None)
         self.cached: dict[BlockHash, int] = {}
@@ -590,7 +592,7 @@ class KVCacheManager:
         self._n_free += n
         req.blocks = []
         req.num_cached_blocks = 0
-        if len(self._free_q) > 2 * self._n_free + 1024:
+        if len(self._free_q) > 2 * self._n_free + self._compact_slack:
             self._compact_free_queue()
 
     def _compact_free_queue(self) -> None:
