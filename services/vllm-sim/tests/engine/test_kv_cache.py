@@ -187,3 +187,27 @@ def test_free_queue_order_survives_lazy_deletion_and_compaction(slack: int) -> N
     # Both regimes happened: stale entries piled up while never-used blocks lasted (compaction),
     # then allocations popped through the queue.
     assert (compactions > 0) == (slack == 16) and m._virgin == n_blocks and i == 2999
+
+
+@pytest.mark.parametrize("lora", [None, "ad"])
+@pytest.mark.parametrize("salt", [None, "s"])
+@pytest.mark.parametrize("index", [0, 1, 7])
+def test_fast_hasher_one_block_equals_its_chained_hash(
+    lora: str | None, salt: str | None, index: int
+) -> None:
+    from llmd_sim.engine import FastBlockHasher
+
+    h = FastBlockHasher(BS)
+    block = [5, 6, 7, 8]
+    for parent in (None, 12345):
+        want = h.hash_tokens(
+            block, lora_name=lora, cache_salt=salt, parent=parent, start_block=index
+        )
+        assert h.hash_block_at(parent, block, index, lora, salt) == want[0]
+    # And chaining block by block reproduces a whole-sequence hash.
+    seq = list(range(40, 40 + 3 * BS))
+    whole = h.hash_tokens(seq, lora_name=lora, cache_salt=salt)
+    prev = None
+    for i in range(3):
+        prev = h.hash_block_at(prev, seq[i * BS : (i + 1) * BS], i, lora, salt)
+        assert prev == whole[i]
