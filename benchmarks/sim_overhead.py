@@ -345,10 +345,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stream-tokens", type=int, default=128)
     ap.add_argument("--des-engines", type=int, default=10)
     ap.add_argument("--des-requests", type=int, default=10_000)
+    ap.add_argument(
+        "--des-only", action="store_true", help="only the discrete-event measure (no servers)"
+    )
     args = ap.parse_args(argv)
     if args.smoke:
         args.requests, args.concurrency, args.streams, args.stream_tokens = 100, 8, 10, 8
         args.des_engines, args.des_requests = 2, 300
+
+    if args.des_only:
+        des = bench_des(args.des_engines, args.des_requests, rate=10.0 * args.des_engines)
+        rows = [
+            {"measure": f"DES {des['engines']} engines x {des['requests']} requests, CPU-s", "value": des["cpu_time_s"], "target": ""},
+            {"measure": "DES simulated req / CPU-s", "value": des["sim_requests_per_cpu_s"], "target": 5000},
+            {"measure": "  excluding trace generation", "value": des["sim_requests_per_cpu_s_excluding_trace"], "target": ""},
+        ]  # fmt: skip
+        print(table(rows, ["measure", "value", "target"]))
+        write_json(
+            args.out,
+            {"benchmark": "sim_overhead", "smoke": args.smoke, "machine": machine(), "des": des},
+        )
+        return 0
 
     non_streaming = bench_non_streaming(args.requests, args.concurrency, args.max_tokens)
     streams = bench_streams(args.streams, args.stream_tokens)

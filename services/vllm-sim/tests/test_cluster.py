@@ -112,3 +112,27 @@ def test_trace_jsonl_round_trip_and_errors(tmp_path: object) -> None:
     ]:
         with pytest.raises(ValueError, match=needle):
             parse_line(bad, 7)
+
+
+def test_run_pauses_the_cyclic_gc_and_restores_its_state() -> None:
+    import gc
+
+    seen: list[bool] = []
+
+    class Probe(RoundRobinRouter):
+        def route(self, request: TraceRequest, engines: Sequence[EngineView]) -> int:
+            seen.append(gc.isenabled())
+            return super().route(request, engines)
+
+    trace = list(SyntheticWorkload(num_requests=5, rate_per_s=50, num_prefixes=1, seed=2))
+    was = gc.isenabled()
+    try:
+        gc.enable()
+        sim(Probe(), engines=1).run(iter(trace))
+        assert gc.isenabled() and seen and not any(seen)
+        gc.disable()
+        sim(Probe(), engines=1).run(iter(trace))
+        assert not gc.isenabled()
+    finally:
+        if was:
+            gc.enable()

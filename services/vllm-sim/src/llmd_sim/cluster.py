@@ -20,6 +20,7 @@ on GPU. Views read the engine as of its latest scheduling step.
 
 from __future__ import annotations
 
+import gc
 import heapq
 import math
 import random
@@ -220,84 +221,112 @@ class ClusterSimulator:
         return req
 
     def run(self, trace: Iterable[TraceRequest]) -> ClusterResult:
+        """Replay `trace` (arrival order) through the router and the engines to the end.
+
+        Python's cyclic garbage collector is paused for the run and restored afterwards: the
+        simulation makes no reference cycles, but every request holds lists of thousands of
+        token ids and block hashes that each young-generation collection would traverse again
+        (measured: ~15% of the CPU time of a 10-engine run). Reference counting still frees
+        everything as usual.
+        """
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._run(trace)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+
+    def _run(self, trace: Iterable[TraceRequest]) -> ClusterResult:
         cpu0, wall0 = time.process_time(), time.perf_counter()
         engines, views, router = self.engines, self.views, self.router
+        n_engines = len(engines)
         # (step end or wake-up, seq, engine, token): a token that is no longer the engine's
         # current one marks a stale wake-up (an arrival started a step meanwhile).
         heap: list[tuple[float, int, int, int]] = []
-        busy = [False] * len(engines)
-        token = [0] * len(engines)
+        heappush, heappop = heapq.heappush, heapq.heappop
+        busy = [False] * n_engines
+        token = [0] * n_engines
         seq = 0
         steps = 0
         records: list[RequestRecord] = []
-        per_engine = [0] * len(engines)
-        placed: dict[str, int] = {}
+        per_engine = [0] * n_engines
         now = 0.0
-
-        def run_step(e: int, t: float) -> None:
-            nonlocal seq, steps
-            res = engines[e].step(t)
-            steps += 1
-            for r in res.finished:
-                records.append(
-                    RequestRecord(
-                        r.request_id,
-                        e,
-                        r.arrival_time,
-                        r.num_prompt_tokens,
-                        r.num_output_tokens,
-                        max(0, r.num_cached_tokens),
-                        r.first_token_time,
-                        r.finish_time,
-                        r.num_preemptions,
-                    )
-                )
-                placed.pop(r.request_id, None)
-            seq += 1
-            token[e] += 1
-            heapq.heappush(heap, (res.end, seq, e, token[e]))
-            busy[e] = True
-
-        def advance(until: float) -> None:
-            """Complete every step that ends at or before `until`, starting the next ones."""
-            nonlocal now, seq
+        index = -1
+        arrivals = iter(trace)
+        while True:
+            tr = next(arrivals, None)
+            until = math.inf if tr is None else tr.arrival
+            # Complete every step that ends at or before `until`, starting the next ones (the
+            # hot loop: one iteration per engine step, so everything is inlined here).
             while heap and heap[0][0] <= until:
-                t, _, e, tok = heapq.heappop(heap)
+                t, _, e, tok = heappop(heap)
                 if tok != token[e]:
                     continue
                 now = t
-                busy[e] = False
                 core = engines[e]
-                if core.has_work():
-                    run_step(e, t)
+                if core.running or core.waiting:  # core.has_work()
+                    res = core.step(t)
+                    steps += 1
+                    if res.finished:
+                        _record(records, res.finished, e)
+                    seq += 1
+                    tok += 1
+                    token[e] = tok
+                    heappush(heap, (t + res.duration, seq, e, tok))
                 else:
+                    busy[e] = False
                     wake = core.next_wakeup()
                     if wake is not None:
                         seq += 1
-                        heapq.heappush(heap, (max(wake, t), seq, e, token[e]))
-
-        for index, tr in enumerate(trace):
-            advance(tr.arrival)
-            now = max(now, tr.arrival)
+                        heappush(heap, (max(wake, t), seq, e, tok))
+            if tr is None:
+                break
+            index += 1
+            if tr.arrival > now:
+                now = tr.arrival
             if tr.block_hashes is None:
                 tr.block_hashes = self._hash_prompt(tr)
             e = router.route(tr, views)
-            if not 0 <= e < len(engines):
-                raise ValueError(f"router returned engine {e}, not in [0, {len(engines)})")
+            if not 0 <= e < n_engines:
+                raise ValueError(f"router returned engine {e}, not in [0, {n_engines})")
             req = self._to_request(tr, index)
-            engines[e].add_request(req)
+            core = engines[e]
+            core.add_request(req)
             per_engine[e] += 1
-            placed[tr.request_id] = e
             tr.block_hashes = None  # the engine's request holds its own copy
             if not busy[e]:
-                run_step(e, tr.arrival)
-        advance(math.inf)
+                res = core.step(tr.arrival)
+                steps += 1
+                if res.finished:
+                    _record(records, res.finished, e)
+                seq += 1
+                token[e] += 1
+                heappush(heap, (res.end, seq, e, token[e]))
+                busy[e] = True
         return ClusterResult(
             records=records,
-            num_engines=len(engines),
+            num_engines=n_engines,
             sim_time_s=now,
             cpu_time_s=time.process_time() - cpu0,
             wall_time_s=time.perf_counter() - wall0,
             steps=steps,
             per_engine_requests=per_engine,
+        )
+
+
+def _record(records: list[RequestRecord], finished: Sequence[Request], engine: int) -> None:
+    for r in finished:
+        records.append(
+            RequestRecord(
+                r.request_id,
+                engine,
+                r.arrival_time,
+                r.num_prompt_tokens,
+                r.num_output_tokens,
+                max(0, r.num_cached_tokens),
+                r.first_token_time,
+                r.finish_time,
+                r.num_preemptions,
+            )
         )

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import json
 import random
+from bisect import bisect
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 from typing import IO, Any
 
@@ -138,6 +140,12 @@ class SyntheticWorkload:
         ]
         # Zipf-like popularity: a few system prompts carry most traffic.
         weights = [1.0 / (i + 1) ** self.prefix_skew for i in range(self.num_prefixes)]
+        # `rng.choices(groups, weights)[0]` made cheap: the same cumulative weights and the same
+        # single draw that `Random.choices` makes, computed once instead of per request.
+        cum_weights = list(accumulate(weights))
+        total = cum_weights[-1] + 0.0 if cum_weights else 0.0
+        last_group = self.num_prefixes - 1
+        draw = rng.random
         t = 0.0
         lo, hi = self.suffix_len
         olo, ohi = self.output_len
@@ -148,7 +156,11 @@ class SyntheticWorkload:
         groups = range(self.num_prefixes)
         for i in range(self.num_requests):
             t += rng.expovariate(self.rate_per_s)
-            g = rng.choices(groups, weights)[0] if self.num_prefixes else -1
+            g = (
+                groups[bisect(cum_weights, draw() * total, 0, last_group)]
+                if self.num_prefixes
+                else -1
+            )
             off = rng.randrange(span)
             suffix = pool[off : off + rng.randint(lo, hi)]
             prompt = (prefixes[g] + suffix) if g >= 0 else suffix

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 from llmd_sdk.kvcache.events import AllBlocksCleared, BlockRemoved, BlockStored
 from llmd_sdk.kvcache.hashing import BlockHasher
 from llmd_sim.engine import KVCacheManager, Request
@@ -125,3 +126,88 @@ def test_cpu_tier_keeps_evicted_blocks_and_serves_them_back() -> None:
     c = req("c", list(range(16)))
     computed = m.get_computed_blocks(c, c.num_tokens)
     assert computed.gpu_blocks == [] and computed.cpu_hashes == hashes[:2]
+
+
+@pytest.mark.parametrize("slack", [16, 10**9])
+def test_free_queue_order_survives_lazy_deletion_and_compaction(slack: int) -> None:
+    """The free queue behaves as an ordered set with removal, whatever its stale entries.
+
+    A shadow OrderedDict is updated from what vLLM's queue does (append on release, remove on a
+    prefix-hit touch, pop from the head on allocation); touch/release cycles leave stale
+    entries that pops must skip and compactions must drop without reordering live ones.
+    """
+    import random
+    from collections import OrderedDict
+
+    rnd = random.Random(4)
+    n_blocks = 400
+    m = KVCacheManager(n_blocks, BlockHasher("sha256", BS))
+    m._compact_slack = slack  # 16: compact often; 10**9: never, pops meet every stale entry
+    shadow: OrderedDict[int, None] = OrderedDict()
+    prompts = [[p * 100 + t for t in range(rnd.randrange(5, 30))] for p in range(6)]
+    live: list[Request] = []
+    compactions = 0
+    compact = m._compact_free_queue
+
+    def counting_compact() -> None:
+        nonlocal compactions
+        compactions += 1
+        compact()
+
+    m._compact_free_queue = counting_compact  # type: ignore[method-assign]
+    for i in range(3000):
+        if live and (rnd.random() < 0.5 or len(live) > 3):
+            r = live.pop(rnd.randrange(len(live)))
+            blocks = list(r.blocks)
+            m.free_request(r)
+            for b in reversed(blocks):
+                if m.ref_cnt[b] == 0:
+                    shadow[b] = None
+        else:
+            unique = [9000 + i] * rnd.randrange(1, 12)
+            # First only shared prompts (touch/release cycles pile up stale entries while
+            # never-used blocks last), then also unique ones (exhaust them, pop the queue).
+            tokens = unique if i >= 1500 and rnd.random() < 0.3 else list(rnd.choice(prompts))
+            r = Request(f"r{i}", tokens, [0])
+            computed = m.get_computed_blocks(r, r.num_tokens)
+            need = r.num_tokens - computed.num_blocks * BS
+            if not m.allocate_slots(r, need, computed):
+                continue
+            r.num_computed_tokens = r.num_tokens
+            for b in computed.gpu_blocks:
+                shadow.pop(b, None)  # touched out of the queue
+            fresh = r.blocks[len(computed.gpu_blocks) :]
+            reused = [b for b in fresh if b in shadow]
+            assert reused == list(shadow)[: len(reused)], "pops must come from the head"
+            for b in reused:
+                del shadow[b]
+            live.append(r)
+        assert m.free == list(shadow)
+        assert m.num_free_blocks == n_blocks - m._virgin + len(shadow)
+    # Both regimes happened: stale entries piled up while never-used blocks lasted (compaction),
+    # then allocations popped through the queue.
+    assert (compactions > 0) == (slack == 16) and m._virgin == n_blocks and i == 2999
+
+
+@pytest.mark.parametrize("lora", [None, "ad"])
+@pytest.mark.parametrize("salt", [None, "s"])
+@pytest.mark.parametrize("index", [0, 1, 7])
+def test_fast_hasher_one_block_equals_its_chained_hash(
+    lora: str | None, salt: str | None, index: int
+) -> None:
+    from llmd_sim.engine import FastBlockHasher
+
+    h = FastBlockHasher(BS)
+    block = [5, 6, 7, 8]
+    for parent in (None, 12345):
+        want = h.hash_tokens(
+            block, lora_name=lora, cache_salt=salt, parent=parent, start_block=index
+        )
+        assert h.hash_block_at(parent, block, index, lora, salt) == want[0]
+    # And chaining block by block reproduces a whole-sequence hash.
+    seq = list(range(40, 40 + 3 * BS))
+    whole = h.hash_tokens(seq, lora_name=lora, cache_salt=salt)
+    prev = None
+    for i in range(3):
+        prev = h.hash_block_at(prev, seq[i * BS : (i + 1) * BS], i, lora, salt)
+        assert prev == whole[i]

@@ -27,6 +27,7 @@ import heapq
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 from llmd_sim.engine.kv_cache import ComputedBlocks, Hasher, KVCacheManager, KVEvent
@@ -236,6 +237,9 @@ class EngineCore:
 
     # ----- the step ---------------------------------------------------------------------------
     def step(self, now: float) -> StepResult:
+        # Hot path of every simulation: attributes are bound to locals, helpers inlined where a
+        # call per request per step would dominate. The order of every operation is vLLM's (see
+        # the module docstring); `tests/engine/reference.py` is the slow, plain statement of it.
         cfg = self.config
         kv = self.kv
         bs = self.block_size
@@ -245,6 +249,7 @@ class EngineCore:
             self._admit_remote(now)
         budget = cfg.max_num_batched_tokens
         preempted: list[Request] = []
+        running = self.running
 
         # 1a. decoding requests at a block boundary or at their last token.
         finishing: list[Request] = []
@@ -253,25 +258,42 @@ class EngineCore:
             live = [r for r, epoch in evs if r.epoch == epoch and r.dec_start >= 0]
             if len(live) > 1:
                 live.sort(key=_sched_order)
+            events = self._events
             for r in live:
-                if r.dec_start < 0:  # preempted earlier in this loop
+                ds = r.dec_start
+                if ds < 0:  # preempted earlier in this loop
                     continue
-                p = r.dec_c0 + (S - r.dec_start)
+                c0 = r.dec_c0
+                p = c0 + (S - ds)
                 if p >= len(r.blocks) * bs:
                     while not kv.allocate_one(r):
-                        victim = self.running[-1]
+                        victim = running[-1]
                         self._preempt(victim)
                         preempted.append(victim)
                         if victim is r:
                             break
                     if r.dec_start < 0:
                         continue
-                if (p + 1) % bs == 0 and r.num_cached_blocks * bs <= p:
+                q = p + 1
+                m = q % bs
+                if not m and r.num_cached_blocks * bs <= p:
                     kv.cache_next_block(r)
-                if r.dec_start + r.max_tokens - r.dec_out0 - 1 == S:
+                last = r.dec_last
+                if last == S:
                     finishing.append(r)
                 else:
-                    self._schedule_event(r, p + 1)
+                    # The next block boundary or last token at or after position q (what
+                    # `_schedule_event` does, inlined).
+                    if m and m != bs - 1:
+                        q += bs - 1 - m
+                    at = ds + (q - c0)
+                    if last < at:
+                        at = last
+                    pending = events.get(at)
+                    if pending is None:
+                        events[at] = [(r, r.epoch)]
+                    else:
+                        pending.append((r, r.epoch))
         n_dec = len(self.decoding)
         budget -= n_dec
         ctx_dec = self._dec_ctx_base + n_dec * S if n_dec else 0
@@ -280,32 +302,34 @@ class EngineCore:
         scheduled: list[tuple[Request, int]] = []
         prefill_tokens = 0
         attn_pairs = 0
-        for r in list(self.prefilling) if self.prefilling else ():
-            if budget <= 0 or r.status != RequestStatus.RUNNING:
-                break
-            n = min(r.num_tokens - r.num_computed_tokens, budget)
-            stopped = False
-            while not kv.allocate_slots(r, n):
-                victim = self.running[-1]
-                self._preempt(victim)
-                preempted.append(victim)
-                if victim is r:
-                    stopped = True
+        if self.prefilling:
+            for r in list(self.prefilling):
+                if budget <= 0 or r.status != RequestStatus.RUNNING:
                     break
-            if stopped:
-                break
-            scheduled.append((r, n))
-            budget -= n
-            prefill_tokens += n
-            attn_pairs += n * r.num_computed_tokens + n * (n + 1) // 2
+                n = min(r.num_tokens - r.num_computed_tokens, budget)
+                stopped = False
+                while not kv.allocate_slots(r, n):
+                    victim = running[-1]
+                    self._preempt(victim)
+                    preempted.append(victim)
+                    if victim is r:
+                        stopped = True
+                        break
+                if stopped:
+                    break
+                scheduled.append((r, n))
+                budget -= n
+                prefill_tokens += n
+                attn_pairs += n * r.num_computed_tokens + n * (n + 1) // 2
 
         # 2. waiting requests, unless this step preempted.
         cpu_loaded_blocks = 0
         if not preempted and self.waiting:
             skipped: list[Request] = []
-            running_loras = {r.lora.name for r in self.running if r.lora}
+            running_loras = {r.lora.name for r in running if r.lora}
             waiting = self.waiting
-            while waiting and budget > 0 and len(self.running) < cfg.max_num_seqs:
+            max_num_seqs = cfg.max_num_seqs
+            while waiting and budget > 0 and len(running) < max_num_seqs:
                 r = waiting[0]
                 if (
                     r.lora
@@ -316,9 +340,10 @@ class EngineCore:
                     continue
                 computed: ComputedBlocks | None = None
                 n_computed = r.num_computed_tokens
+                num_tokens = r.num_prompt_tokens + r.num_output_tokens
                 if n_computed == 0:
-                    computed = kv.get_computed_blocks(r, r.num_tokens)
-                    if self._wants_remote_kv(r):
+                    computed = kv.get_computed_blocks(r, num_tokens)
+                    if r.kv_transfer_params and self._wants_remote_kv(r):
                         outcome = self._start_remote_load(r, computed, now)
                         if outcome == "parked":
                             waiting.popleft()
@@ -326,15 +351,16 @@ class EngineCore:
                         if outcome == "blocked":
                             break
                     n_computed = computed.num_blocks * bs
-                n = r.num_tokens - n_computed
+                n = num_tokens - n_computed
                 if not cfg.enable_chunked_prefill and n > budget:
                     break
-                n = min(n, budget)
+                if n > budget:
+                    n = budget
                 if not kv.allocate_slots(r, n, computed):
                     break
                 waiting.popleft()
                 if computed is not None:
-                    kv.record_query(r, r.num_tokens, computed)
+                    kv.record_query(r, num_tokens, computed)
                     cpu_loaded_blocks += len(computed.cpu_hashes)
                     r.num_computed_tokens = n_computed
                     if r.num_cached_tokens < 0:
@@ -347,7 +373,7 @@ class EngineCore:
                 r.status = RequestStatus.RUNNING
                 self._order += 1
                 r.sched_order = self._order
-                self.running.append(r)
+                running.append(r)
                 self.prefilling.append(r)
                 if r.lora:
                     running_loras.add(r.lora.name)
@@ -365,51 +391,67 @@ class EngineCore:
         result.duration = duration
         if preempted:
             result.preempted = preempted
+            self.num_preemptions_total += len(preempted)
         result.num_prefill_tokens = prefill_tokens
         result.num_decode_seqs = n_dec
         result.decode_context_tokens = ctx_dec
         end = now + duration
         generated = n_dec
-        first_tokens: list[Request] = []
-        decoded: list[Request] = list(self.decoding) if self.track_tokens and n_dec else []
-        finished: list[Request] = []
+        track = self.track_tokens
+        decoded: list[Request] | None = list(self.decoding) if track and n_dec else None
+        finished: list[Request] | None = None
 
         # 4. update, in running order (which is the order blocks are freed in): decoders that
         # sampled their last token, then prefills that reached the end of their sequence.
-        for r in finishing:
-            self.decoding.pop(r, None)
-            self._dec_ctx_base -= r.dec_c0 - r.dec_start + 1
-            r.num_computed_tokens = r.dec_c0 + (S - r.dec_start) + 1
-            r.num_output_tokens = r.max_tokens
-            r.dec_start = -1
-            self._finish(r, end, finished)
-        for r, n in scheduled:
-            r.num_computed_tokens += n
-            if r.num_computed_tokens < r.num_tokens:
-                continue
-            r.num_output_tokens += 1
-            generated += 1
-            if r.first_token_time < 0:
-                r.first_token_time = end
-                first_tokens.append(r)
-                result.num_prompt_tokens += r.num_prompt_tokens
-            elif self.track_tokens:
-                decoded.append(r)
-            self.prefilling.remove(r)
-            if r.num_output_tokens >= r.max_tokens:
+        if finishing:
+            finished = []
+            decoding = self.decoding
+            for r in finishing:
+                decoding.pop(r, None)
+                self._dec_ctx_base -= r.dec_c0 - r.dec_start + 1
+                r.num_computed_tokens = r.dec_c0 + (S - r.dec_start) + 1
+                r.num_output_tokens = r.max_tokens
+                r.dec_start = -1
                 self._finish(r, end, finished)
-            else:
-                self._start_decoding(r, S + 1)
+        if scheduled:
+            first_tokens: list[Request] | None = None
+            prompt_tokens = 0
+            for r, n in scheduled:
+                c = r.num_computed_tokens + n
+                r.num_computed_tokens = c
+                if c < r.num_prompt_tokens + r.num_output_tokens:
+                    continue
+                r.num_output_tokens += 1
+                generated += 1
+                if r.first_token_time < 0:
+                    r.first_token_time = end
+                    if first_tokens is None:
+                        first_tokens = [r]
+                    else:
+                        first_tokens.append(r)
+                    prompt_tokens += r.num_prompt_tokens
+                elif track:
+                    if decoded is None:
+                        decoded = [r]
+                    else:
+                        decoded.append(r)
+                self.prefilling.remove(r)
+                if r.num_output_tokens >= r.max_tokens:
+                    if finished is None:
+                        finished = []
+                    self._finish(r, end, finished)
+                else:
+                    self._start_decoding(r, S + 1)
+            if first_tokens:
+                result.first_tokens = first_tokens
+                result.num_prompt_tokens = prompt_tokens
+                self.num_prompt_tokens_total += prompt_tokens
         result.num_generated = generated
-        if first_tokens:
-            result.first_tokens = first_tokens
         if decoded:
             result.decoded = decoded
         if finished:
             result.finished = finished
         self.num_generation_tokens_total += generated
-        self.num_prompt_tokens_total += result.num_prompt_tokens
-        self.num_preemptions_total += len(preempted)
         if kv.enable_events:
             result.events = kv.take_events()
         self.step_index = S + 1
@@ -420,6 +462,7 @@ class EngineCore:
         r.dec_start = start_step
         r.dec_c0 = r.num_computed_tokens
         r.dec_out0 = r.num_output_tokens
+        r.dec_last = start_step + r.max_tokens - r.dec_out0 - 1
         r.epoch += 1
         self.decoding[r] = None
         self._dec_ctx_base += r.dec_c0 - start_step + 1
@@ -431,7 +474,7 @@ class EngineCore:
         m = from_pos % bs
         pos = from_pos if (m == 0 or m == bs - 1) else from_pos + (bs - 1 - m)
         step = r.dec_start + (pos - r.dec_c0)
-        last = r.dec_start + r.max_tokens - r.dec_out0 - 1
+        last = r.dec_last
         if last < step:
             step = last
         self._events.setdefault(step, []).append((r, r.epoch))
@@ -537,8 +580,7 @@ class EngineCore:
             self.waiting.appendleft(r)
 
 
-def _sched_order(r: Request) -> int:
-    return r.sched_order
+_sched_order = attrgetter("sched_order")
 
 
 __all__ = ["EngineConfig", "EngineCore", "LoRA", "Request", "StepResult"]

@@ -24,7 +24,7 @@ back instead of recomputed, and the engine charges the load time.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -103,6 +103,24 @@ class FastBlockHasher:
             out.append(prev)
         return out
 
+    def hash_block_at(
+        self,
+        parent: Any,
+        block_token_ids: Sequence[int],
+        block_index: int,
+        lora_name: str | None = None,
+        cache_salt: str | None = None,
+    ) -> Any:
+        """The hash of one full block: ``hash_tokens(block, parent=..., start_block=index)[0]``.
+
+        The decode hot path hashes one block at a time; this skips the list and slicing.
+        """
+        if (lora_name or cache_salt) and (lora_name or block_index == 0):
+            keyed = hash((lora_name, cache_salt))
+        else:
+            keyed = 0
+        return hash((parent if parent is not None else 0, keyed, *block_token_ids))
+
     def extra_keys(
         self,
         block_index: int,
@@ -172,11 +190,22 @@ class KVCacheManager:
         self.ref_cnt = [0] * num_gpu_blocks
         self.block_hash: list[BlockHash | None] = [None] * num_gpu_blocks
         self.block_meta: dict[int, _CpuEntry] = {}
-        # The free queue is [never-used blocks _virgin..N-1] followed by `free` (blocks freed at
-        # least once, least recently freed first). Never-used blocks are always at the head, so
+        # The free queue is [never-used blocks _virgin..N-1] followed by `_free_q` (blocks freed
+        # at least once, least recently freed first). Never-used blocks are always at the head, so
         # they need no queue entries: a cluster of many large engines stays small.
         self._virgin = 1
-        self.free: OrderedDict[int, None] = OrderedDict()
+        # `_free_q` is a deque with lazy deletion (an ordered dict costs several times more per
+        # block): a prefix hit that takes a block out of the queue only marks it (its ref count
+        # becomes > 0), and a block freed again is appended again. `_qcount[b]` counts b's
+        # entries in the deque; an entry is live iff it is b's last one and ref_cnt[b] == 0,
+        # which gives exactly the order of a queue with removal. `_n_free` counts live entries.
+        self._free_q: deque[int] = deque()
+        self._qcount = [0] * num_gpu_blocks
+        self._n_free = 0
+        # Compact once stale entries outnumber live ones by this much (tests lower it).
+        self._compact_slack = 1024
+        # Hashers that can hash one block directly (FastBlockHasher) speed up decode caching.
+        self._hash_block: Callable[..., Any] | None = getattr(hasher, "hash_block_at", None)
         self.cached: dict[BlockHash, int] = {}
         self._dups: dict[BlockHash, list[int]] = {}
         self.cpu_capacity = cpu_blocks
@@ -192,7 +221,25 @@ class KVCacheManager:
 
     @property
     def num_free_blocks(self) -> int:
-        return self.num_gpu_blocks - self._virgin + len(self.free)
+        return self.num_gpu_blocks - self._virgin + self._n_free
+
+    @property
+    def free(self) -> list[int]:
+        """The blocks freed at least once that are free now, least recently freed first.
+
+        (The never-used blocks come before them in the free queue.) O(queue) per call: for
+        tests and inspection, not for hot paths.
+        """
+        ref = self.ref_cnt
+        seen = [0] * self.num_gpu_blocks
+        out: list[int] = []
+        for b in reversed(self._free_q):
+            if not seen[b]:
+                seen[b] = 1
+                if not ref[b]:
+                    out.append(b)
+        out.reverse()
+        return out
 
     @property
     def usage(self) -> float:
@@ -245,15 +292,17 @@ class KVCacheManager:
         if max_blocks <= 0:
             return result
         hashes = self.ensure_hashes(req, max_blocks)
-        cached = self.cached
-        gpu = result.gpu_blocks
-        i = 0
-        while i < max_blocks:
-            b = cached.get(hashes[i])
-            if b is None:
-                break
-            gpu.append(b)
-            i += 1
+        # Look every block up at C speed, then cut at the first miss.
+        found: list[int | None] = list(
+            map(self.cached.get, hashes[:max_blocks] if len(hashes) > max_blocks else hashes)
+        )
+        try:
+            i = found.index(None)
+        except ValueError:
+            i = max_blocks
+        else:
+            del found[i:]
+        result.gpu_blocks = found  # type: ignore[assignment]  # no None left before index i
         if self.cpu_capacity and i < max_blocks:
             cpu = self.cpu
             while i < max_blocks and hashes[i] in cpu:
@@ -292,59 +341,80 @@ class KVCacheManager:
         Returns False, changing nothing, when the free blocks do not suffice.
         """
         bs = self.block_size
-        n_hit = computed.num_blocks if computed else 0
-        total = req.num_computed_tokens + n_hit * bs + num_new_tokens
-        have = len(req.blocks) + (len(computed.gpu_blocks) if computed else 0)
-        need = -(-total // bs) - have
+        blocks = req.blocks
         ref = self.ref_cnt
-        free = self.free
-        n_free = self.num_free_blocks
-        if computed and computed.gpu_blocks:
+        n_free = self.num_gpu_blocks - self._virgin + self._n_free
+        gpu: list[int] | None = None
+        total = req.num_computed_tokens + num_new_tokens
+        if computed is not None:
+            gpu = computed.gpu_blocks
+            total += (len(gpu) + len(computed.cpu_hashes)) * bs
+            need = -(-total // bs) - len(blocks) - len(gpu)
+        else:
+            need = -(-total // bs) - len(blocks)
+        if gpu:
             # Touching a hit block that sits in the free queue takes it out of the queue.
-            if need > n_free - len(computed.gpu_blocks):
-                touched_free = sum(1 for b in computed.gpu_blocks if ref[b] == 0)
+            if need > n_free - len(gpu):
+                touched_free = sum(1 for b in gpu if ref[b] == 0)
                 if need > n_free - touched_free:
                     return False
-            for b in computed.gpu_blocks:
-                if ref[b] == 0:
-                    del free[b]
-                ref[b] += 1
-            req.blocks.extend(computed.gpu_blocks)
-            req.num_cached_blocks = len(req.blocks)
+            touched = 0
+            for b in gpu:
+                c = ref[b]
+                if not c:
+                    touched += 1  # its queue entry goes stale (lazy deletion)
+                ref[b] = c + 1
+            self._n_free -= touched
+            blocks.extend(gpu)
+            req.num_cached_blocks = len(blocks)
         elif need > n_free:
             return False
         if computed and computed.cpu_hashes:
             cpu = self.cpu
             for h in computed.cpu_hashes:
                 cpu.move_to_end(h)
-        for _ in range(need):
-            b = self._pop_free()
-            ref[b] = 1
-            req.blocks.append(b)
+        if need > 0:
+            # Never-used blocks first (a contiguous range), then the head of the free queue.
+            v = self._virgin
+            nv = self.num_gpu_blocks - v
+            if nv > need:
+                nv = need
+            if nv > 0:
+                blocks.extend(range(v, v + nv))
+                ref[v : v + nv] = [1] * nv
+                self._virgin = v + nv
+            for _ in range(need - nv):
+                b = self._pop_queue()
+                ref[b] = 1
+                blocks.append(b)
         if cache:
             self.cache_blocks(req, min(total, len(req.tokens)))
         return True
 
-    def _pop_free(self) -> int:
-        """The head of the free queue (evicting its cached hash); the caller checked there is one."""
-        if self._virgin < self.num_gpu_blocks:
-            b = self._virgin
-            self._virgin = b + 1
-            return b
-        b = self.free.popitem(last=False)[0]
+    def _pop_queue(self) -> int:
+        """The first live block of `_free_q` (evicting its cached hash); the caller checked
+        that `_n_free` > 0."""
+        q = self._free_q
+        qcount = self._qcount
+        ref = self.ref_cnt
+        while True:
+            b = q.popleft()
+            c = qcount[b] - 1
+            qcount[b] = c
+            if not c and not ref[b]:
+                break
+        self._n_free -= 1
         if self.block_hash[b] is not None:
             self._evict(b)
         return b
 
     def allocate_one(self, req: Request) -> bool:
         """One more block for a decoding request (the hot path of `allocate_slots`)."""
-        if self._virgin < self.num_gpu_blocks:
-            b = self._virgin
+        b = self._virgin
+        if b < self.num_gpu_blocks:
             self._virgin = b + 1
-        elif self.free:
-            b = self.free.popitem(last=False)[0]
-            if self.block_hash[b] is not None:
-                self._evict(b)
+        elif self._n_free:
+            b = self._pop_queue()
         else:
             return False
         self.ref_cnt[b] = 1
@@ -370,10 +440,8 @@ class KVCacheManager:
             b = blocks[i]
             h = hashes[i]
             block_hash[b] = h
-            if h in cached:
+            if cached.setdefault(h, b) != b:
                 self._dups.setdefault(h, []).append(b)
-            else:
-                cached[h] = b
         req.num_cached_blocks = num_full
         if self.cpu_capacity:
             self._remember_meta(req, start, num_full)
@@ -382,21 +450,35 @@ class KVCacheManager:
 
     def cache_next_block(self, req: Request) -> None:
         """Cache the block a decoding request just filled (the hot path of `cache_blocks`)."""
-        if not self.enable_prefix_caching or self.cpu_capacity or self.enable_events:
-            self.cache_blocks(req, (req.num_cached_blocks + 1) * self.block_size)
+        if not self.enable_prefix_caching:
             return
         i = req.num_cached_blocks
         hashes = req.block_hashes
         if len(hashes) <= i:
-            hashes = self.ensure_hashes(req, i + 1)
+            hash_block = self._hash_block
+            if hash_block is not None and len(hashes) == i:
+                bs = self.block_size
+                lora = req.lora
+                hashes.append(
+                    hash_block(
+                        hashes[i - 1] if i else None,
+                        req.tokens[i * bs : (i + 1) * bs],
+                        i,
+                        lora.name if lora else None,
+                        req.cache_salt,
+                    )
+                )
+            else:
+                hashes = self.ensure_hashes(req, i + 1)
+        if self.cpu_capacity or self.enable_events:
+            self.cache_blocks(req, (i + 1) * self.block_size)
+            return
         h = hashes[i]
         b = req.blocks[i]
         self.block_hash[b] = h
-        cached = self.cached
-        if h in cached:
+        # One lookup: b is fresh (unhashed), so it is never already the cached block of h.
+        if self.cached.setdefault(h, b) != b:
             self._dups.setdefault(h, []).append(b)
-        else:
-            cached[h] = b
         req.num_cached_blocks = i + 1
 
     def _remember_meta(self, req: Request, start: int, end: int) -> None:
@@ -497,15 +579,37 @@ class KVCacheManager:
     def free_request(self, req: Request) -> None:
         """Release `req`'s blocks, tail first (cached blocks stay hits until reallocated)."""
         ref = self.ref_cnt
-        released = []
+        qcount = self._qcount
+        append = self._free_q.append
+        n = 0
         for b in reversed(req.blocks):
             c = ref[b] - 1
             ref[b] = c
             if not c:
-                released.append(b)
-        self.free.update(dict.fromkeys(released))
+                append(b)
+                qcount[b] += 1
+                n += 1
+        self._n_free += n
         req.blocks = []
         req.num_cached_blocks = 0
+        if len(self._free_q) > 2 * self._n_free + self._compact_slack:
+            self._compact_free_queue()
+
+    def _compact_free_queue(self) -> None:
+        """Drop stale entries of `_free_q` (amortised O(1): at least half of them are stale)."""
+        ref = self.ref_cnt
+        qcount = self._qcount
+        live: list[int] = []
+        # From the tail, a block's first entry is its last one: live iff its ref count is 0.
+        for b in reversed(self._free_q):
+            if qcount[b]:
+                qcount[b] = 0
+                if not ref[b]:
+                    live.append(b)
+        live.reverse()
+        for b in live:
+            qcount[b] = 1
+        self._free_q = deque(live)
 
     def reset(self) -> bool:
         """Drop the whole prefix cache; refused (False) while any block is in use."""

@@ -59,6 +59,7 @@ class Request:
         "blocks",
         "cache_salt",
         "dec_c0",
+        "dec_last",
         "dec_out0",
         "dec_start",
         "epoch",
@@ -133,6 +134,8 @@ class Request:
         self.dec_start = -1
         self.dec_c0 = 0
         self.dec_out0 = 0
+        # The step in which a decoding request samples its last token (set with dec_start).
+        self.dec_last = -1
         self.epoch = 0
         self.sched_order = 0
         self.first_scheduled_time = -1.0
