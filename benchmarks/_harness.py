@@ -25,6 +25,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free ports: the sockets are held together, so no two calls can collide."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def wait_for_port(
     port: int, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None
 ) -> None:

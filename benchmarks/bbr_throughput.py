@@ -38,7 +38,16 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import grpc
-from _harness import free_port, machine, percentile, spawn, stop, table, wait_for_port, write_json
+from _harness import (
+    free_ports,
+    machine,
+    percentile,
+    spawn,
+    stop,
+    table,
+    wait_for_port,
+    write_json,
+)
 from llmd_sdk.contracts import envoy_base, ext_proc, ext_proc_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,20 +113,22 @@ class Server:
     def __init__(self, kind: str, workers: int = 1) -> None:
         self.kind = kind
         self.workers = workers
-        self.port = free_port()
+        # One call for all three ports: separate free_port() calls may hand out the same port
+        # twice, and a BBR whose health port collides dies after its gRPC port already answered.
+        self.port, health_port, metrics_port = free_ports(3)
         self.metrics_port = 0
         if kind.startswith("echo") or kind == "sdk":
             self.proc = spawn([__file__, "--serve", kind, "--port", str(self.port)])
             self._wait_or_stop(lambda: wait_for_port(self.port, START_TIMEOUT_S, self.proc))
             return
-        self.metrics_port = free_port()
+        self.metrics_port = metrics_port
         bbr = Path(sys.executable).with_name("llmd-bbr")
         self.proc = subprocess.Popen(
             [
                 str(bbr),
                 "--host=127.0.0.1",
                 f"--grpc-port={self.port}",
-                f"--health-port={free_port()}",
+                f"--health-port={health_port}",
                 f"--metrics-port={self.metrics_port}",
                 f"--models-config={MODELS}",
                 f"--workers={workers}",
