@@ -269,7 +269,7 @@ class ClusterSimulator:
                     res = core.step(t)
                     steps += 1
                     if res.finished:
-                        _record(records, res.finished, e)
+                        record_finished(records, res.finished, e)
                     seq += 1
                     tok += 1
                     token[e] = tok
@@ -299,7 +299,7 @@ class ClusterSimulator:
                 res = core.step(tr.arrival)
                 steps += 1
                 if res.finished:
-                    _record(records, res.finished, e)
+                    record_finished(records, res.finished, e)
                 seq += 1
                 token[e] += 1
                 heappush(heap, (res.end, seq, e, token[e]))
@@ -315,7 +315,8 @@ class ClusterSimulator:
         )
 
 
-def _record(records: list[RequestRecord], finished: Sequence[Request], engine: int) -> None:
+def record_finished(records: list[RequestRecord], finished: Sequence[Request], engine: int) -> None:
+    """Append one `RequestRecord` per finished request, served by `engine`."""
     for r in finished:
         records.append(
             RequestRecord(

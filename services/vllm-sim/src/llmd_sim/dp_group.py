@@ -33,7 +33,13 @@ from typing import Protocol
 
 from llmd_sdk.dp_rank import RankBalancer, RankRequest, least_loaded_rank, work_on
 
-from llmd_sim.cluster import ClusterResult, ClusterSimulator, EngineView, RequestRecord
+from llmd_sim.cluster import (
+    ClusterResult,
+    ClusterSimulator,
+    EngineView,
+    RequestRecord,
+    record_finished,
+)
 from llmd_sim.engine import EngineConfig, StepResult
 from llmd_sim.engine.kv_cache import Hasher
 from llmd_sim.latency import LatencyModel
@@ -145,20 +151,8 @@ class DPGroupSimulator(ClusterSimulator):
             for rank, res in enumerate(step.results):
                 if res is None:
                     continue
+                record_finished(records, res.finished, rank)
                 for r in res.finished:
-                    records.append(
-                        RequestRecord(
-                            r.request_id,
-                            rank,
-                            r.arrival_time,
-                            r.num_prompt_tokens,
-                            r.num_output_tokens,
-                            max(0, r.num_cached_tokens),
-                            r.first_token_time,
-                            r.finish_time,
-                            r.num_preemptions,
-                        )
-                    )
                     router.finished(r.request_id, rank, now)
         return ClusterResult(
             records=records,
