@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 import yaml
@@ -40,8 +42,22 @@ def main(argv: list[str] | None = None) -> int:
         cfg.port = args.port
     configure_logging("gateway", args.log_level)
     setup_tracing("llmd-gateway")
-    asyncio.run(_serve(cfg))
+    _run(_serve(cfg))
     return 0
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    """Run on uvloop where it is installed (uvicorn[standard] brings it), else on asyncio.
+
+    The gateway is mostly event-loop work (HTTP in and out, gRPC aio completions); uvloop cuts
+    its CPU per request markedly. Behaviour is the same on either loop.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 async def _serve(cfg: GatewayConfig) -> None:
