@@ -7,6 +7,7 @@ from llmd_sdk.openai import (
     ChatCompletionRequest,
     CompletionRequest,
     OpenAIError,
+    json_type_name,
     parse_request,
     peek_model,
 )
@@ -138,3 +139,20 @@ def test_peek_model() -> None:
         peek_model(b"nope")
     with pytest.raises(OpenAIError):
         peek_model(b"[1]")
+
+
+@pytest.mark.parametrize(
+    ("value", "name"),
+    [
+        (None, "null"),
+        (True, "a boolean"),
+        (3, "a number"),
+        (2.5, "a number"),
+        ("x", "a string"),
+        ([1], "an array"),
+        ({"a": 1}, "an object"),
+        ((1,), "tuple"),
+    ],
+)
+def test_json_type_name_names_what_json_decoded(value: object, name: str) -> None:
+    assert json_type_name(value) == name

@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 import msgspec
+from llmd_sdk.openai import json_type_name
 
 from llmd_bbr.model_scan import ModelToken, find_model, string_end
 
@@ -65,7 +66,7 @@ def check_model(model: Any) -> str:
     if not isinstance(model, str):
         raise BodyRejected(
             400,
-            f"model must be a string, got {_json_type_name(model)}",
+            f"model must be a string, got {json_type_name(model)}",
             "invalid_model",
             "model",
         )
@@ -139,20 +140,6 @@ def splice_model(body: bytes | bytearray, start: int, end: int, new_model: str) 
 def encode_model(model: str) -> bytes:
     """A model name as a JSON string token (UTF-8, like the bodies it goes into)."""
     return json.dumps(model, ensure_ascii=False).encode()
-
-
-def _json_type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
 
 
 def _json_kind(body: bytes) -> str:

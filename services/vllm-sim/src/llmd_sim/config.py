@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from llmd_sdk.kvcache.hashing import HASH_ALGOS
+from llmd_sdk.openai import json_type_name
 
 FailureKind = Literal["http500", "http429", "stall", "crash"]
 FAILURE_KINDS: tuple[str, ...] = ("http500", "http429", "stall", "crash")
@@ -161,18 +162,6 @@ _KV_TRANSFER_TYPES = {
 }
 
 
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    return "an array" if isinstance(value, list) else "an object"
-
-
 def _check_types(flag: str, data: dict[str, Any], types: dict[str, str]) -> None:
     """Each known field has its JSON type; integers are >= 0. Raises ConfigError naming it."""
     for name, want in types.items():
@@ -187,7 +176,7 @@ def _check_types(flag: str, data: dict[str, Any], types: dict[str, str]) -> None
             _OBJECT: isinstance(value, dict),
         }[want]
         if not ok:
-            raise ConfigError(f"{flag}: {name} must be {want}, got {_json_type(value)}")
+            raise ConfigError(f"{flag}: {name} must be {want}, got {json_type_name(value)}")
         if want == _INT and value < 0:
             raise ConfigError(f"{flag}: {name} must be >= 0, got {value}")
 

@@ -57,6 +57,23 @@ def validation_message(exc: ValidationError) -> tuple[str, str | None]:
     return "; ".join(parts), first
 
 
+def json_type_name(value: Any) -> str:
+    """The JSON type of a decoded value, as an error message names it ("a string", "null")."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
