@@ -209,6 +209,16 @@ async def run_epp() -> AsyncIterator[Any]:
         await epp.stop()
 
 
+async def until(cond: Any, timeout: float, what: str) -> None:
+    """Poll `cond` until it is truthy; fail naming `what` after `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out: {what}")
+        await asyncio.sleep(0.01)
+
+
 async def wait_scraped(epp: EPP, n: int, timeout: float = 10.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .conftest import free_port
+from .conftest import free_port, until
 
 pytestmark = pytest.mark.integration
 NS, POOL = "llm", "pool"
@@ -96,46 +96,17 @@ class FakeAPI:
         )
 
 
-async def until(cond: Any, timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out: {what}")
-        await asyncio.sleep(0.01)
-
-
 async def test_pods_of_the_pool_become_endpoints(tmp_path: Path) -> None:
     api = FakeAPI()
     port = free_port()
-    app = Starlette(
-        routes=[
-            Route(f"/apis/inference.networking.k8s.io/v1/namespaces/{NS}/inferencepools/{POOL}",
-                  api.pool),
-            Route(f"/api/v1/namespaces/{NS}/pods", api.pods_handler),
-            Route(f"/apis/inference.networking.x-k8s.io/v1alpha2/namespaces/{NS}/inferenceobjectives",
-                  api.objectives),
-        ]
-    )  # fmt: skip
+    app = fake_api_app(api)
     server = uvicorn.Server(
         uvicorn.Config(
             app, host="127.0.0.1", port=port, log_level="error", timeout_graceful_shutdown=1
         )
     )
     serving = asyncio.create_task(server.serve())
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "current-context": "fake",
-                "clusters": [{"name": "fake", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
-                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u"}}],
-                "users": [{"name": "u", "user": {"token": "t"}}],
-            }
-        )
-    )
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", port)
     store = Datastore()
     source = KubernetesSource(POOL, NS, str(kubeconfig))
     objectives = Objectives()
@@ -169,6 +140,8 @@ def fake_api_app(api: FakeAPI) -> Starlette:
             Route(f"/apis/inference.networking.k8s.io/v1/namespaces/{NS}/inferencepools/{POOL}",
                   api.pool),
             Route(f"/api/v1/namespaces/{NS}/pods", api.pods_handler),
+            Route(f"/apis/inference.networking.x-k8s.io/v1alpha2/namespaces/{NS}/inferenceobjectives",
+                  api.objectives),
         ]
     )  # fmt: skip
 

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
-from .conftest import Driver, Engine, epp_settings, free_port
+from .conftest import Driver, Engine, epp_settings, free_port, until
 
 pytestmark = pytest.mark.integration
 
@@ -70,15 +70,6 @@ class FakeModelService:
 
 def _line(event: dict[str, Any]) -> bytes:
     return (json.dumps(event) + "\n").encode()
-
-
-async def until(cond: Any, timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out: {what}")
-        await asyncio.sleep(0.01)
 
 
 async def test_endpoints_follow_the_modelservice_watch(engines: list[Engine], run_epp: Any) -> None:

@@ -6,7 +6,6 @@ stops being scraped."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 import uvicorn
@@ -20,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from .conftest import free_port
+from .conftest import free_port, until
 
 pytestmark = pytest.mark.integration
 
@@ -45,15 +44,6 @@ class Engine:
         if self.fail:
             return PlainTextResponse("engine overloaded", status_code=500)
         return PlainTextResponse(METRICS.format(running=1, waiting=self.waiting))
-
-
-async def until(cond: Any, timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out: {what}")
-        await asyncio.sleep(0.005)
 
 
 async def test_failures_mark_unhealthy_back_off_and_recover() -> None:
