@@ -132,12 +132,33 @@ async def stack() -> AsyncIterator[dict[str, Any]]:
 
     resetter = await asyncio.start_server(reset_before_answering, "127.0.0.1", 0)
     reset_ep = f"127.0.0.1:{resetter.sockets[0].getsockname()[1]}"
+    flaky_conns: list[int] = []
+
+    async def drop_first_connection(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        # What a keep-alive connection the server closed meanwhile looks like to the gateway:
+        # the request goes out and the connection ends with no response.
+        await r.readuntil(b"\r\n\r\n")
+        flaky_conns.append(1)
+        if len(flaky_conns) == 1:
+            w.transport.abort()
+            return
+        body = json.dumps({"engine": "flaky"}).encode()
+        w.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        await w.drain()
+        w.close()
+
+    flaky = await asyncio.start_server(drop_first_connection, "127.0.0.1", 0)
+    flaky_ep = f"127.0.0.1:{flaky.sockets[0].getsockname()[1]}"
     picks = {
         "one": e1,
         "two": e2,
         "fallback": f"{dead},{e2}",
         "nothing": dead,
         "reset": f"{reset_ep},{e2}",
+        "flaky": flaky_ep,
     }
     served: list[str] = []
 
@@ -176,8 +197,16 @@ async def stack() -> AsyncIterator[dict[str, Any]]:
         async with httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{ports['gw']}", timeout=10
         ) as client:
-            yield {"client": client, "e1": e1, "e2": e2, "served": served, "resets": resets}
+            yield {
+                "client": client,
+                "e1": e1,
+                "e2": e2,
+                "served": served,
+                "resets": resets,
+                "flaky": flaky_conns,
+            }
     resetter.close()
+    flaky.close()
     await bbr_srv.stop(0)
     await epp_srv.stop(0)
 
@@ -215,10 +244,22 @@ async def test_an_upstream_reset_before_answering_falls_back_to_the_next_endpoin
     stack: dict[str, Any],
 ) -> None:
     r = await stack["client"].post("/v1/chat/completions", json=_chat("reset"))
-    assert stack["resets"] == [1]  # the first endpoint really took the request and dropped it
+    # The first endpoint really took the request and dropped it, twice: once more on a fresh
+    # connection, in case the first was a stale keep-alive one.
+    assert stack["resets"] == [1, 1]
     assert r.status_code == 200
     assert r.json()["engine"] == "e2"
     assert stack["served"][-1] == stack["e2"]
+
+
+async def test_a_connection_closed_without_an_answer_is_retried_once_on_the_same_endpoint(
+    stack: dict[str, Any],
+) -> None:
+    # One endpoint, no fallback: before the retry this was a 503.
+    r = await stack["client"].post("/v1/chat/completions", json=_chat("flaky"))
+    assert stack["flaky"] == [1, 1]
+    assert r.status_code == 200, r.text
+    assert r.json()["engine"] == "flaky"
 
 
 async def test_no_reachable_endpoint_is_a_503(stack: dict[str, Any]) -> None:

@@ -45,6 +45,11 @@ from llmd.local.supervisor import StartError, Supervisor
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 HASH_SEED = "42"
 
+# Both EPP configs name their picker only to ask for a second endpoint: the dev gateway's
+# fallback when the first fails before answering (Envoy's retry_on connect-failure), so a
+# dropped connection costs a retry, not a 503. The first pick is the one the policy chose.
+_PICKER = {"type": "max-score-picker", "parameters": {"maxNumOfEndpoints": 2}}
+
 UPSTREAM_DEFAULT_EPP = {
     "apiVersion": "inference.networking.x-k8s.io/v1alpha1",
     "kind": "EndpointPickerConfig",
@@ -52,6 +57,7 @@ UPSTREAM_DEFAULT_EPP = {
         {"type": "queue-scorer"},
         {"type": "kv-cache-utilization-scorer"},
         {"type": "prefix-cache-scorer"},
+        _PICKER,
     ],
     "schedulingProfiles": [
         {
@@ -60,6 +66,7 @@ UPSTREAM_DEFAULT_EPP = {
                 {"pluginRef": "queue-scorer", "weight": 2},
                 {"pluginRef": "kv-cache-utilization-scorer", "weight": 2},
                 {"pluginRef": "prefix-cache-scorer", "weight": 3},
+                {"pluginRef": "max-score-picker"},
             ],
         }
     ],
@@ -73,7 +80,7 @@ PRECISE_EPP = {
         {"type": "precise-prefix-cache-scorer"},
         {"type": "kv-cache-utilization-scorer"},
         {"type": "queue-scorer"},
-        {"type": "max-score-picker"},
+        _PICKER,
     ],
     "schedulingProfiles": [
         {

@@ -60,6 +60,10 @@ _RETRYABLE = (
     httpx.ReadError,
     httpx.WriteError,
 )
+# Of those, the ones a pooled keep-alive connection the server closed meanwhile also produces:
+# worth one more try on the same endpoint, on a fresh connection, before moving on.
+_STALE_CONNECTION = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+KEEPALIVE_EXPIRY_S = 2.0
 
 
 def _json_reply(status: int, message: str, code: Any = None) -> Response:
@@ -87,7 +91,14 @@ class Gateway:
             timeout=httpx.Timeout(
                 config.upstream_read_timeout_s, connect=config.upstream_connect_timeout_s
             ),
-            limits=httpx.Limits(max_connections=2048, max_keepalive_connections=512),
+            # Idle connections close here before the engine's server closes them (uvicorn, as
+            # vLLM runs it, drops them after 5 s): reusing one the server is closing fails the
+            # request with no response.
+            limits=httpx.Limits(
+                max_connections=2048,
+                max_keepalive_connections=512,
+                keepalive_expiry=KEEPALIVE_EXPIRY_S,
+            ),
         )
         self.tracer = get_tracer("llmd.gateway")
         self.app = Starlette(
@@ -219,22 +230,28 @@ class Gateway:
 
         A candidate that refuses the connection or resets it before any response header (a
         replica killed mid-request) costs nothing yet: the next one in the EPP's fallback list
-        gets the request, as Envoy does with ``retry_on: connect-failure,reset``.
+        gets the request, as Envoy does with ``retry_on: connect-failure,reset``. A reset or an
+        early close, which a stale keep-alive connection also produces, is first retried once on
+        the same endpoint (httpx then opens a new connection).
         """
         path = headers.get(":path", "/")
         fwd = _downstream_headers(headers)
         for endpoint in candidates:
-            req = self.http.build_request(
-                method, f"http://{endpoint}{path}", headers=fwd, content=body
-            )
-            try:
-                return await self.http.send(req, stream=True), endpoint
-            except _RETRYABLE as exc:
-                log.warning(
-                    "upstream failed before responding",
-                    endpoint=endpoint,
-                    error=f"{type(exc).__name__}: {exc}",
+            for attempt in (1, 2):
+                req = self.http.build_request(
+                    method, f"http://{endpoint}{path}", headers=fwd, content=body
                 )
+                try:
+                    return await self.http.send(req, stream=True), endpoint
+                except _RETRYABLE as exc:
+                    log.warning(
+                        "upstream failed before responding",
+                        endpoint=endpoint,
+                        attempt=attempt,
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
+                    if attempt == 2 or not isinstance(exc, _STALE_CONNECTION):
+                        break
         return None, ""
 
     async def _stream_back(
