@@ -191,6 +191,42 @@ def test_long_texts_encode_in_chunks_to_the_same_ids(seed: int) -> None:
         )
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_prompts_sharing_a_prefix_reuse_its_chunks_and_get_the_same_ids(seed: int) -> None:
+    tok = load_tokenizer()
+    raw = HFTokenizer.from_file(str(BUILTIN_TOKENIZER_DIR / "tokenizer.json"))
+    shared = _random_text(seed, 4000)
+    texts = [shared + _random_text(100 + seed * 10 + i, 300) for i in range(4)]
+    for text in [*texts, *texts]:  # cold, then warm
+        assert (
+            tok.encode(text, add_special_tokens=False)
+            == raw.encode(text, add_special_tokens=False).ids
+        )
+    cache = tok._chunk_cache
+    assert cache is not None
+    chunks_per_text = len(_chunks(texts[0]))
+    # The first text misses every chunk; the other three miss only their tail past the shared
+    # prefix (at most two chunks straddle it); the warm pass misses nothing.
+    assert cache.misses <= chunks_per_text + 3 * 2
+    assert cache.hits >= 8 * chunks_per_text - cache.misses
+
+
+def test_the_chunk_cache_is_bounded_and_optional() -> None:
+    tok = load_tokenizer()
+    tok._chunk_cache.capacity = 3  # type: ignore[union-attr]
+    for seed in range(3):
+        tok.encode(_random_text(seed, 4000), add_special_tokens=False)
+    assert len(tok._chunk_cache._ids) == 3  # type: ignore[union-attr]
+    from llmd_sdk.tokenizer.tokenizer import Tokenizer
+
+    uncached = Tokenizer(tok._tok, chunk_cache_entries=0)
+    text = _random_text(7, 4000)
+    assert uncached._chunk_cache is None
+    assert uncached.encode(text, add_special_tokens=False) == tok.encode(
+        text, add_special_tokens=False
+    )
+
+
 def test_other_tokenizers_are_not_chunked(tmp_path: Path) -> None:
     _write_tokenizer(tmp_path, {})
     assert not load_tokenizer(tmp_path)._split

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,8 @@ BUILTIN_TOKENIZER_DIR = Path(__file__).with_name("builtin")
 _SHORT_TEXT = 2048  # characters
 _CHUNKED_TEXT = 8192  # characters: above this, splittable tokenizers encode chunks in parallel
 _CHUNK = 4096
+# Chunks kept with their ids (about 4 KiB of text and ~1k ids each: ~10 MiB at this size).
+CHUNK_CACHE_ENTRIES = 1024
 # A single ASCII space between two visible ASCII characters starts a new pre-token for the
 # built-in tokenizer's pattern (` ?[^\s]+|\s+`), so cutting the text there cannot change the ids.
 _SAFE_CUT = re.compile(r"(?<=[!-~]) (?=[!-~])")
@@ -85,10 +89,38 @@ def _pick_template(value: Any) -> str | None:
     return None
 
 
+class _ChunkCache:
+    """An LRU of chunk text -> token ids, safe to share between threads."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._ids: OrderedDict[str, list[int]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, chunk: str) -> list[int] | None:
+        with self._lock:
+            ids = self._ids.get(chunk)
+            if ids is None:
+                self.misses += 1
+                return None
+            self._ids.move_to_end(chunk)
+            self.hits += 1
+            return ids
+
+    def put(self, chunk: str, ids: list[int]) -> None:
+        with self._lock:
+            self._ids[chunk] = ids
+            if len(self._ids) > self.capacity:
+                self._ids.popitem(last=False)
+
+
 class Tokenizer:
     """Encodes, decodes and renders chat prompts exactly as vLLM does for one model.
 
-    Build one with `load_tokenizer`. Instances are immutable and thread-safe.
+    Build one with `load_tokenizer`. Instances are thread-safe; the only state that changes is
+    the chunk cache (see `encode`).
     """
 
     def __init__(
@@ -99,6 +131,7 @@ class Tokenizer:
         chat_template_source: str | None = None,
         path: Path | None = None,
         name: str = "custom",
+        chunk_cache_entries: int = CHUNK_CACHE_ENTRIES,
     ) -> None:
         self._tok = backend
         cfg = dict(config or {})
@@ -119,6 +152,9 @@ class Tokenizer:
         self.bos_token_id = backend.token_to_id(self.bos_token) if self.bos_token else None
         self.eos_token_id = backend.token_to_id(self.eos_token) if self.eos_token else None
         self._split = _splittable(backend)
+        self._chunk_cache = (
+            _ChunkCache(chunk_cache_entries) if self._split and chunk_cache_entries > 0 else None
+        )
         self.all_special_ids: frozenset[int] = frozenset(
             i
             for i in (backend.token_to_id(t) for t in self.special_tokens.values())
@@ -126,18 +162,48 @@ class Tokenizer:
         )
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        """Token ids of `text`; `add_special_tokens` adds what the post-processor adds (BOS)."""
+        """Token ids of `text`; `add_special_tokens` adds what the post-processor adds (BOS).
+
+        Long texts for a splittable tokenizer (the built-in one) are cut into chunks at
+        pre-token boundaries; without special tokens (chat prompts) their ids come from an
+        LRU of recent chunks, so a shared prefix is tokenized once, not per request.
+        """
         if len(text) < _SHORT_TEXT:
             # A batch call costs a thread-pool round trip: slower for short texts.
             return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
         if self._split and len(text) > _CHUNKED_TEXT:
+            chunks = _chunks(text)
+            if not add_special_tokens and self._chunk_cache is not None:
+                return self._encode_chunks_cached(chunks, self._chunk_cache)
             # Long prompts: encode chunks cut at pre-token boundaries in parallel, then apply
             # the post-processor (BOS) to the joined encoding. Same ids, about half the time.
-            parts = self._tok.encode_batch_fast(_chunks(text), add_special_tokens=False)
+            parts = self._tok.encode_batch_fast(chunks, add_special_tokens=False)
             merged = tokenizers.Encoding.merge(parts)
             return self._tok.post_process(merged, None, add_special_tokens).ids
         # encode_batch_fast skips offset tracking, the costliest part vLLM never uses.
         return self._tok.encode_batch_fast([text], add_special_tokens=add_special_tokens)[0].ids
+
+    def _encode_chunks_cached(self, chunks: list[str], cache: _ChunkCache) -> list[int]:
+        """Ids of the joined chunks, encoding only those not seen recently.
+
+        Chunk boundaries depend only on the text before them, so prompts sharing a long prefix
+        (a system prompt, a conversation's earlier turns) cut it into the same chunks, and
+        only the chunks after the point where they differ are tokenized again. Without special
+        tokens the post-processor adds nothing, so the ids are the chunks' ids joined.
+        """
+        found = [cache.get(c) for c in chunks]
+        missing = [c for c, ids in zip(chunks, found, strict=True) if ids is None]
+        if missing:
+            encoded = iter(self._tok.encode_batch_fast(missing, add_special_tokens=False))
+            for i, ids in enumerate(found):
+                if ids is None:
+                    ids = found[i] = next(encoded).ids
+                    cache.put(chunks[i], ids)
+        out: list[int] = []
+        for ids in found:
+            assert ids is not None
+            out.extend(ids)
+        return out
 
     def encode_batch(
         self, texts: Sequence[str], add_special_tokens: bool = True
