@@ -8,7 +8,9 @@ time, as vLLM does.
 
 The values live in plain Python numbers updated once per engine step (a histogram can take the
 same observation n times in one call, which a decode step needs) and are turned into metric
-families only when ``/metrics`` is scraped.
+families only when ``/metrics`` is scraped. The sim serves `VllmMetrics.render`, which writes the
+same bytes as prometheus-client's ``generate_latest`` from precomputed line prefixes: an EPP
+scrapes every engine every 50 ms, and the generic path cost ~4-6 ms of CPU per scrape.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import bisect
 import time
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -87,6 +90,21 @@ class Histogram:
 
 def _fmt(v: float) -> str:
     return str(floatToGoString(v))  # type: ignore[no-untyped-call]
+
+
+def _label_value(v: str) -> str:
+    """A label value escaped as the text format requires."""
+    return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(pairs: dict[str, str]) -> str:
+    """``{k="v",...}`` in sorted label order, as prometheus-client writes it."""
+    return "{" + ",".join(f'{k}="{_label_value(v)}"' for k, v in sorted(pairs.items())) + "}"
+
+
+def _header(name: str, doc: str, kind: str) -> str:
+    doc = doc.replace("\\", "\\\\").replace("\n", "\\n")
+    return f"# HELP {name} {doc}\n# TYPE {name} {kind}\n"
 
 
 class EngineStats:
@@ -206,6 +224,15 @@ _HISTOGRAMS = (
     ),
 )
 
+_GAUGES = (
+    ("vllm:num_requests_running", "num_running", "Number of requests in model execution batches."),
+    ("vllm:num_requests_waiting", "num_waiting", "Number of requests waiting to be processed."),
+    ("vllm:kv_cache_usage_perc", "kv_cache_usage", "KV-cache usage. 1 means 100 percent usage."),
+)
+_SUCCESS_DOC = "Count of successfully processed requests."
+_CACHE_INFO_DOC = "Information of the LLMEngine CacheConfig"
+_LORA_DOC = "Running stats on lora requests."
+
 _COUNTERS = (
     (
         "vllm:prefix_cache_queries",
@@ -263,9 +290,92 @@ class VllmMetrics(Collector):
         self.engines = [EngineStats(max_model_len) for _ in range(num_engines)]
         self.cache_config = cache_config or {}
         self.lora = LoRAInfo(max_loras) if max_loras is not None else None
+        self._prefix_cache: list[Any] | None = None
 
     def register(self, registry: CollectorRegistry) -> None:
         registry.register(self)
+
+    def _prefixes(self) -> list[Any]:
+        """Per metric and engine, the text before each value (built once: names, model and
+        engine count never change)."""
+        if self._prefix_cache is not None:
+            return self._prefix_cache
+        m = self.model_name
+        out: list[Any] = []
+        for name, attr, doc in _GAUGES:
+            out.append(("gauge", attr, _header(name, doc, "gauge"), [
+                f"{name}{_labels({'model_name': m, 'engine': str(i)})} "
+                for i in range(len(self.engines))
+            ]))  # fmt: skip
+        for name, attr, doc in _COUNTERS:
+            total = name + "_total"
+            out.append(("counter", attr, _header(total, doc, "counter"), [
+                f"{total}{_labels({'model_name': m, 'engine': str(i)})} "
+                for i in range(len(self.engines))
+            ]))  # fmt: skip
+        total = "vllm:request_success_total"
+        out.append(("success", "request_success", _header(total, _SUCCESS_DOC, "counter"), [
+            {r: f"{total}{_labels({'model_name': m, 'engine': str(i), 'finished_reason': r})} "
+             for r in FINISH_REASONS}
+            for i in range(len(self.engines))
+        ]))  # fmt: skip
+        for name, attr, doc in _HISTOGRAMS:
+            per_engine = []
+            for i, stats in enumerate(self.engines):
+                base = {"model_name": m, "engine": str(i)}
+                hist: Histogram = getattr(stats, attr)
+                bounds = [_fmt(b) for b in hist.bounds] + ["+Inf"]
+                buckets = [f"{name}_bucket{_labels({**base, 'le': b})} " for b in bounds]
+                per_engine.append(
+                    (buckets, f"{name}_count{_labels(base)} ", f"{name}_sum{_labels(base)} ")
+                )
+            out.append(("histogram", attr, _header(name, doc, "histogram"), per_engine))
+        if self.cache_config:
+            name = "vllm:cache_config_info"
+            lines = "".join(
+                f"{name}{_labels({**self.cache_config, 'engine': str(i)})} 1.0\n"
+                for i in range(len(self.engines))
+            )
+            out.append(("static", "", _header(name, _CACHE_INFO_DOC, "gauge") + lines, None))
+        self._prefix_cache = out
+        return out
+
+    def render(self) -> bytes:
+        """The text exposition, byte for byte what ``generate_latest`` makes of `collect`."""
+        parts: list[str] = []
+        add = parts.append
+        fmt = floatToGoString
+        engines = self.engines
+        for kind, attr, header, per_engine in self._prefixes():
+            add(header)
+            if kind == "static":
+                continue
+            if kind == "histogram":
+                for stats, (buckets, count, total) in zip(engines, per_engine, strict=True):
+                    hist = getattr(stats, attr)
+                    acc = 0
+                    for prefix, c in zip(buckets, hist.counts, strict=True):
+                        acc += c
+                        add(prefix + fmt(float(acc)) + "\n")
+                    add(count + fmt(float(acc)) + "\n")
+                    add(total + fmt(hist.sum) + "\n")
+            elif kind == "success":
+                for stats, prefixes in zip(engines, per_engine, strict=True):
+                    for reason, n in stats.request_success.items():
+                        add(prefixes[reason] + fmt(float(n)) + "\n")
+            else:
+                for stats, prefix in zip(engines, per_engine, strict=True):
+                    add(prefix + fmt(float(getattr(stats, attr))) + "\n")
+        if self.lora is not None:
+            name = "vllm:lora_requests_info"
+            lb = {
+                "max_lora": str(self.lora.max_lora),
+                "waiting_lora_adapters": self.lora.waiting,
+                "running_lora_adapters": self.lora.running,
+            }
+            add(_header(name, _LORA_DOC, "gauge"))
+            add(f"{name}{_labels(lb)} {fmt(self.lora.updated)}\n")
+        return "".join(parts).encode()
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
@@ -274,11 +384,7 @@ class VllmMetrics(Collector):
         labels = ["model_name", "engine"]
         engines = [(str(i), s) for i, s in enumerate(self.engines)]
         m = self.model_name
-        for name, attr, doc in (
-            ("vllm:num_requests_running", "num_running", "Number of requests in model execution batches."),
-            ("vllm:num_requests_waiting", "num_waiting", "Number of requests waiting to be processed."),
-            ("vllm:kv_cache_usage_perc", "kv_cache_usage", "KV-cache usage. 1 means 100 percent usage."),
-        ):  # fmt: skip
+        for name, attr, doc in _GAUGES:
             g = GaugeMetricFamily(name, doc, labels=labels)
             for idx, s in engines:
                 g.add_metric([m, idx], float(getattr(s, attr)))
@@ -289,9 +395,7 @@ class VllmMetrics(Collector):
                 c.add_metric([m, idx], float(getattr(s, attr)))
             yield c
         success = CounterMetricFamily(
-            "vllm:request_success",
-            "Count of successfully processed requests.",
-            labels=[*labels, "finished_reason"],
+            "vllm:request_success", _SUCCESS_DOC, labels=[*labels, "finished_reason"]
         )
         for idx, s in engines:
             for reason, n in s.request_success.items():
@@ -305,11 +409,7 @@ class VllmMetrics(Collector):
             yield h
         if self.cache_config:
             info_labels = [*sorted(self.cache_config), "engine"]
-            info = GaugeMetricFamily(
-                "vllm:cache_config_info",
-                "Information of the LLMEngine CacheConfig",
-                labels=info_labels,
-            )
+            info = GaugeMetricFamily("vllm:cache_config_info", _CACHE_INFO_DOC, labels=info_labels)
             for idx, _ in engines:
                 info.add_metric(
                     [*(self.cache_config[k] for k in sorted(self.cache_config)), idx], 1.0
@@ -318,7 +418,7 @@ class VllmMetrics(Collector):
         if self.lora is not None:
             lora = GaugeMetricFamily(
                 "vllm:lora_requests_info",
-                "Running stats on lora requests.",
+                _LORA_DOC,
                 labels=["max_lora", "waiting_lora_adapters", "running_lora_adapters"],
             )
             lora.add_metric(

@@ -25,9 +25,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from llmd_sdk.kvcache.hashing import BlockHasher, to_external
 from llmd_sdk.openai import OpenAIError, decode_json, error_json
-from llmd_sdk.telemetry import configure_logging, exposition, get_logger, new_registry
+from llmd_sdk.telemetry import configure_logging, get_logger, new_registry
 from llmd_sdk.tokenizer import Tokenizer, load_tokenizer
-from prometheus_client import CollectorRegistry
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
 import llmd_sim
 from llmd_sim import responses as R
@@ -278,8 +278,8 @@ def create_app(state: SimState) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        body, ctype = exposition(state.registry)
-        return Response(body, media_type=ctype)
+        # The registry holds only VllmMetrics; its renderer writes what generate_latest would.
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/tokenize")
     async def tokenize(request: Request) -> Response:
