@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from llmd.bench import report
@@ -104,3 +106,24 @@ def test_error_notes_give_counts_and_reasons() -> None:
     assert notes == [
         'epp-precise @ 24 req/s failed 2 x 503: {"error": "no ready endpoints in the pool"}'
     ]
+
+
+@pytest.mark.parametrize("mode", ["FULL_DUPLEX_STREAMED", "NONE"])
+def test_epp_cells_run_the_dev_gateway_with_the_chosen_response_body_mode(
+    tmp_path: Path, mode: str
+) -> None:
+    import yaml
+
+    from llmd.bench.live import EngineOptions, LiveCluster
+    from llmd.local.logs import LogSink
+
+    cluster = LiveCluster(EngineOptions(epp_response_body=mode), LogSink(), tmp_path)
+    specs, _ = cluster.router_specs("epp-precise", tmp_path)
+    gw = next(s for s in specs if "llmd.gateway" in s.argv)
+    doc = yaml.safe_load(Path(gw.argv[gw.argv.index("--config") + 1]).read_text())
+    epp = doc["pools"][0]["epp"]
+    assert (epp["request_body_mode"], epp["response_body_mode"]) == ("FULL_DUPLEX_STREAMED", mode)
+    # The EPP config asks for a fallback endpoint, which the gateway tries on connect failure.
+    epp_cfg = yaml.safe_load((tmp_path / "epp-precise.yaml").read_text())
+    picker = next(p for p in epp_cfg["plugins"] if p["type"] == "max-score-picker")
+    assert picker["parameters"]["maxNumOfEndpoints"] == 2

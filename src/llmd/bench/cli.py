@@ -62,6 +62,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=8192,
         help="GPU KV blocks per engine (16 tokens each; 8192 = 16 GiB of Llama-3.1-8B KV)",
     )
+    live.add_argument(
+        "--epp-response-body",
+        choices=["FULL_DUPLEX_STREAMED", "NONE"],
+        default="FULL_DUPLEX_STREAMED",
+        help="the EPP's ext_proc response body mode in the dev gateway: FULL_DUPLEX_STREAMED "
+        "(the Inference Extension's, default) or NONE (request path only)",
+    )
     live.add_argument("--no-live", action="store_true", help="only the discrete-event mode")
     work = p.add_argument_group("workload")
     work.add_argument("--groups", type=int, default=32, help="system prompts (32)")
@@ -119,6 +126,7 @@ def _run(args: argparse.Namespace) -> int:
             time_scale=args.time_scale,
             latency_profile=args.latency_profile,
             num_gpu_blocks=args.kv_blocks,
+            epp_response_body=args.epp_response_body,
         )
         rates = args.rates or [4.0, 8.0, 16.0, 24.0]
         routers = args.routers or list(ROUTERS)
@@ -162,6 +170,7 @@ def _run(args: argparse.Namespace) -> int:
                 "time_scale": opts.time_scale,
                 "kv_blocks_per_engine": opts.num_gpu_blocks,
                 "latency_profile": opts.latency_profile or "llmd-sim default",
+                "epp_response_body": opts.epp_response_body,
                 "rates": rates,
                 "routers": routers,
             },

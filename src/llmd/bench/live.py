@@ -115,6 +115,10 @@ class EngineOptions:
     latency_profile: str | None = None
     num_gpu_blocks: int | None = None
     max_num_seqs: int = 128
+    # How the dev gateway hands the response to the EPP: FULL_DUPLEX_STREAMED as the Inference
+    # Extension configures Envoy, or NONE (request path only) to see the routing policy without
+    # the per-chunk ext_proc cost our Python gateway and EPP pay on a shared CPU.
+    epp_response_body: str = "FULL_DUPLEX_STREAMED"
     extra_args: list[str] = field(default_factory=list)
 
 
@@ -334,7 +338,7 @@ class LiveCluster:
                         "epp": {
                             "target": f"127.0.0.1:{p2}",
                             "request_body_mode": "FULL_DUPLEX_STREAMED",
-                            "response_body_mode": "FULL_DUPLEX_STREAMED",
+                            "response_body_mode": self.opts.epp_response_body,
                         },
                     }
                 ],

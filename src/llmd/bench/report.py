@@ -186,6 +186,9 @@ def markdown(doc: dict[str, Any]) -> str:
             f"### Live: {opts.get('engines')} llmd-sim engines, time scale "
             f"{opts.get('time_scale')} (latencies in model time)",
             "",
+            "EPP response body mode in the dev gateway: "
+            f"{opts.get('epp_response_body', 'FULL_DUPLEX_STREAMED')}",
+            "",
             "| router | rate req/s | ok | TTFT p50 ms | p90 | p99 | ITL p50 ms | e2e p50 s | "
             "e2e p99 s | out tok/s | hit rate | overhead p50 ms | keeps up |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|",
