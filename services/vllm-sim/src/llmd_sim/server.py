@@ -28,6 +28,7 @@ from llmd_sdk.openai import OpenAIError, decode_json, error_json
 from llmd_sdk.telemetry import configure_logging, get_logger, new_registry
 from llmd_sdk.tokenizer import Tokenizer, load_tokenizer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+from starlette.requests import ClientDisconnect
 
 import llmd_sim
 from llmd_sim import responses as R
@@ -197,6 +198,13 @@ def create_app(state: SimState) -> FastAPI:
     @app.exception_handler(OpenAIError)
     async def _openai_error(_: Request, exc: OpenAIError) -> Response:
         return _error(exc)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect) -> Response:
+        # The client left while we read its request (a proxy giving up on a connection): an
+        # everyday event, not a server error, and nobody is left to read the answer.
+        log.info("client_disconnected", path=request.url.path)
+        return Response(status_code=499)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> Response:
