@@ -163,11 +163,15 @@ class LiveCluster:
     def _engine(self, i: int) -> ProcessSpec:
         o = self.opts
         port, zmq = self.engine_ports[i], self.zmq_ports[i]
+        # vLLM's default (empty) topic, not llm-d's "kv@<endpoint>@<model>": vllm-router's static
+        # --kv-event-source has no topic setting (always ""), and it silently drops every batch
+        # whose topic frame is not that topic, so with a "kv@..." topic its kv_aware index stays
+        # empty and every lookup misses. kvmanager does not need the topic: its `engines` list
+        # names each engine's endpoint and model.
         kv_events = {
             "enable_kv_cache_events": True,
             "publisher": "zmq",
             "endpoint": f"tcp://*:{zmq}",
-            "topic": f"kv@127.0.0.1:{port}@{MODEL}",
         }
         argv = [
             *_python_module("llmd_sim.server"),
