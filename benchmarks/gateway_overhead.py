@@ -12,7 +12,10 @@ request path itself. Subjects, each driven by the same sequential client:
 Rounds alternate between subjects so machine noise hits all alike; per subject the median of
 the rounds' p50 and p99 is reported, and the added milliseconds over direct.
 
-    uv run --no-sync python benchmarks/gateway_overhead.py [--smoke] [--out result.json]
+    uv run --no-sync python benchmarks/gateway_overhead.py [--smoke] [--max-tokens N] [--out F]
+
+`--max-tokens 64` shows the response path's share: streamed, every token is a chunk that the
+dev gateway and the EPP pass over their ext_proc stream (the gateway-req subject skips that).
 """
 
 from __future__ import annotations
@@ -237,8 +240,10 @@ def main() -> int:
     ap.add_argument("--smoke", action="store_true", help="one short round (CI)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--requests", type=int, default=200, help="sequential requests per round")
+    ap.add_argument("--max-tokens", type=int, default=4, help="tokens per response (4)")
     ap.add_argument("--out", help="write the results as JSON here")
     args = ap.parse_args()
+    BODY["max_tokens"] = args.max_tokens
     if args.smoke:
         args.rounds, args.requests = 1, 20
     results = asyncio.run(main_async(args))
@@ -269,6 +274,7 @@ def main() -> int:
             "smoke": args.smoke,
             "rounds": args.rounds,
             "requests_per_round": args.requests,
+            "max_tokens": args.max_tokens,
             "results": results,
             "added_p50_ms": added,
             "target_ms": 3.0,
