@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from llmd.bench.live import EngineOptions, LiveCluster, RouterUnavailable
+from llmd.bench.live import MODEL, EngineOptions, LiveCluster, RouterUnavailable
 from llmd.local.logs import LogSink
 
 
@@ -30,6 +30,7 @@ def test_engines_publish_kv_events_under_the_topic_vllm_router_reads(tmp_path: P
         pytest.skip("vllm-router is not installed")
     argv = list(specs[0].argv)
     sources = [argv[i + 1] for i, a in enumerate(argv) if a == "--kv-event-source"]
+    assert _flag(argv, "--kv-event-model") == MODEL
     assert sources == [
         f"http://{ep}=tcp://127.0.0.1:{z}"
         for ep, z in zip(cluster.endpoints, cluster.zmq_ports, strict=True)

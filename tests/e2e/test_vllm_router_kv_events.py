@@ -1,8 +1,11 @@
 """A router we did not write reads vllm-sim's KV events and routes by them.
 
 Two `llmd-sim` processes publish KV events; `vllm-router` (PyPI, Rust) runs with
-``--policy kv_aware`` and one ``--kv-event-source`` (plus replay source) per sim, and tokenizes
-requests with the SDK's built-in ``tokenizer.json`` (``--kv-event-model``). Each long prompt is
+``--policy kv_aware`` and one ``--kv-event-source`` (plus replay source) per sim. vllm-router
+0.1.17 takes a prompt's token ids from the sims' ``/tokenize`` (its metric
+``vllm_router_kv_routing_inputs_total{transport="http",result="tokenize"}``); ``--kv-event-model``
+only names the index's model identity. The sims publish under vLLM's default empty topic: the
+router's static sources cannot set one and drop batches under any other. Each long prompt is
 first sent *directly* to one sim, so the router never sees it and cannot guess from its own
 routing history: only the KV events tell it where the prompt's blocks are. The same prompt sent
 through the router must then land on that sim, which the response's
@@ -174,8 +177,7 @@ def test_repeated_long_prompts_land_on_the_sim_that_holds_them(stack: dict[str, 
     with httpx.Client(timeout=60) as client:
         for i, url in enumerate(sims):
             wait_router_synced(client, router, url, f"s{i}")
-        # Prime six prompts directly, alternating sims; half chat (the router renders the chat
-        # template from tokenizer_config.json), half completions.
+        # Prime six prompts directly, alternating sims; half chat, half completions.
         cases = []
         for i in range(6):
             holder = i % 2

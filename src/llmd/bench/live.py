@@ -137,14 +137,6 @@ def find_vllm_router() -> str | None:
     return _console_script("vllm-router")
 
 
-def _builtin_tokenizer_dir() -> str | None:
-    try:
-        from llmd_sdk.tokenizer import BUILTIN_TOKENIZER_DIR
-    except ImportError:
-        return None
-    return str(BUILTIN_TOKENIZER_DIR)
-
-
 class LiveCluster:
     """Engines and kvmanager, up for the whole benchmark; routers come and go per cell."""
 
@@ -388,10 +380,11 @@ class LiveCluster:
             if router == "vllm-router-cache":
                 argv += ["--policy", "cache_aware"]
             else:
+                # --kv-event-model names the index's model identity, shared by the static
+                # sources; it is not a tokenizer (vllm-router 0.1.17 takes prompt token ids from
+                # the engines' /tokenize: vllm_router_kv_routing_inputs_total{transport="http"}).
                 argv += ["--policy", "kv_aware", "--kv-event-block-size", "16"]
-                tok = _builtin_tokenizer_dir()
-                if tok:
-                    argv += ["--kv-event-model", tok]
+                argv += ["--kv-event-model", MODEL]
                 for ep, z in zip(self.endpoints, self.zmq_ports, strict=True):
                     argv += ["--kv-event-source", f"http://{ep}=tcp://127.0.0.1:{z}"]
             spec = ProcessSpec(
