@@ -212,18 +212,22 @@ def test_prompts_sharing_a_prefix_reuse_its_chunks_and_get_the_same_ids(seed: in
 
 
 def test_the_chunk_cache_is_bounded_and_optional() -> None:
-    tok = load_tokenizer()
-    tok._chunk_cache.capacity = 3  # type: ignore[union-attr]
-    for seed in range(3):
-        tok.encode(_random_text(seed, 4000), add_special_tokens=False)
-    assert len(tok._chunk_cache._ids) == 3  # type: ignore[union-attr]
     from llmd_sdk.tokenizer.tokenizer import Tokenizer
 
-    uncached = Tokenizer(tok._tok, chunk_cache_entries=0)
-    text = _random_text(7, 4000)
+    raw = HFTokenizer.from_file(str(BUILTIN_TOKENIZER_DIR / "tokenizer.json"))
+    small = Tokenizer(raw, chunk_cache_entries=4)
+    texts = [_random_text(seed, 4000) for seed in range(3)]
+    assert sum(len(_chunks(t)) for t in texts) > 4
+    for text in texts:
+        assert (
+            small.encode(text, add_special_tokens=False)
+            == raw.encode(text, add_special_tokens=False).ids
+        )
+    assert small._chunk_cache is not None and len(small._chunk_cache) <= 4
+    uncached = Tokenizer(raw, chunk_cache_entries=0)
     assert uncached._chunk_cache is None
-    assert uncached.encode(text, add_special_tokens=False) == tok.encode(
-        text, add_special_tokens=False
+    assert uncached.encode(texts[0], add_special_tokens=False) == small.encode(
+        texts[0], add_special_tokens=False
     )
 
 

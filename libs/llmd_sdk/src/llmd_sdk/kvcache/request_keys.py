@@ -8,20 +8,17 @@ Two caches keep repeated work off the scoring path:
 - `TokenCache` maps an exact text (a prompt, or a rendered chat) to its token ids, so a repeated
   prompt is not tokenized again. It is exact by construction: only identical text hits.
 
-Both are two-generation caches (a young and an old dict; a hit in the old one is promoted; when
-the young one fills up it becomes the old one): LRU-like, bounded, and cheap per access.
+Both are `llmd_sdk.bounded_cache.TwoGenCache`s: LRU-like, bounded, and cheap per access.
 """
 
 from __future__ import annotations
 
 from array import array
 from collections.abc import Mapping, Sequence
-from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
+from llmd_sdk.bounded_cache import TwoGenCache
 from llmd_sdk.kvcache.hashing import BlockHasher, block_key, block_keys
-
-K = TypeVar("K")
-V = TypeVar("V")
 
 
 @runtime_checkable
@@ -31,40 +28,6 @@ class Tokenizer(Protocol):
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
 
     def apply_chat_template(self, messages: Sequence[Mapping[str, Any]]) -> str: ...
-
-
-class TwoGenCache(Generic[K, V]):
-    """A bounded map with LRU-like eviction (see the module docstring)."""
-
-    __slots__ = ("half", "hits", "misses", "old", "young")
-
-    def __init__(self, capacity: int) -> None:
-        if capacity < 2:
-            raise ValueError(f"cache capacity: must be at least 2, got {capacity}")
-        self.half = capacity // 2
-        self.young: dict[K, V] = {}
-        self.old: dict[K, V] = {}
-        self.hits = 0
-        self.misses = 0
-
-    def __len__(self) -> int:
-        return len(self.young) + len(self.old)
-
-    def lookup(self, key: K) -> V | None:
-        v = self.young.get(key)
-        if v is None:
-            v = self.old.get(key)
-            if v is None:
-                self.misses += 1
-                return None
-            self.put(key, v)
-        self.hits += 1
-        return v
-
-    def put(self, key: K, value: V) -> None:
-        if len(self.young) >= self.half:
-            self.old, self.young = self.young, {}
-        self.young[key] = value
 
 
 class BlockKeyCache:

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import tokenizers
 
+from llmd_sdk.bounded_cache import TwoGenCache
 from llmd_sdk.tokenizer import chat_template as templating
 
 BUILTIN_TOKENIZER_DIR = Path(__file__).with_name("builtin")
 _SHORT_TEXT = 2048  # characters
 _CHUNKED_TEXT = 8192  # characters: above this, splittable tokenizers encode chunks in parallel
 _CHUNK = 4096
-# Chunks kept with their ids (about 4 KiB of text and ~1k ids each: ~10 MiB at this size).
+# Chunks kept with their ids (about 4 KiB of text and ~1k ids each: ~10 MiB at this size;
+# 0 turns the cache off).
 CHUNK_CACHE_ENTRIES = 1024
 # A single ASCII space between two visible ASCII characters starts a new pre-token for the
 # built-in tokenizer's pattern (` ?[^\s]+|\s+`), so cutting the text there cannot change the ids.
@@ -89,33 +89,6 @@ def _pick_template(value: Any) -> str | None:
     return None
 
 
-class _ChunkCache:
-    """An LRU of chunk text -> token ids, safe to share between threads."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._ids: OrderedDict[str, list[int]] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, chunk: str) -> list[int] | None:
-        with self._lock:
-            ids = self._ids.get(chunk)
-            if ids is None:
-                self.misses += 1
-                return None
-            self._ids.move_to_end(chunk)
-            self.hits += 1
-            return ids
-
-    def put(self, chunk: str, ids: list[int]) -> None:
-        with self._lock:
-            self._ids[chunk] = ids
-            if len(self._ids) > self.capacity:
-                self._ids.popitem(last=False)
-
-
 class Tokenizer:
     """Encodes, decodes and renders chat prompts exactly as vLLM does for one model.
 
@@ -152,8 +125,8 @@ class Tokenizer:
         self.bos_token_id = backend.token_to_id(self.bos_token) if self.bos_token else None
         self.eos_token_id = backend.token_to_id(self.eos_token) if self.eos_token else None
         self._split = _splittable(backend)
-        self._chunk_cache = (
-            _ChunkCache(chunk_cache_entries) if self._split and chunk_cache_entries > 0 else None
+        self._chunk_cache: TwoGenCache[str, list[int]] | None = (
+            TwoGenCache(chunk_cache_entries) if self._split and chunk_cache_entries >= 2 else None
         )
         self.all_special_ids: frozenset[int] = frozenset(
             i
@@ -183,7 +156,9 @@ class Tokenizer:
         # encode_batch_fast skips offset tracking, the costliest part vLLM never uses.
         return self._tok.encode_batch_fast([text], add_special_tokens=add_special_tokens)[0].ids
 
-    def _encode_chunks_cached(self, chunks: list[str], cache: _ChunkCache) -> list[int]:
+    def _encode_chunks_cached(
+        self, chunks: list[str], cache: TwoGenCache[str, list[int]]
+    ) -> list[int]:
         """Ids of the joined chunks, encoding only those not seen recently.
 
         Chunk boundaries depend only on the text before them, so prompts sharing a long prefix
@@ -191,7 +166,7 @@ class Tokenizer:
         only the chunks after the point where they differ are tokenized again. Without special
         tokens the post-processor adds nothing, so the ids are the chunks' ids joined.
         """
-        found = [cache.get(c) for c in chunks]
+        found = [cache.lookup(c) for c in chunks]
         missing = [c for c, ids in zip(chunks, found, strict=True) if ids is None]
         if missing:
             encoded = iter(self._tok.encode_batch_fast(missing, add_special_tokens=False))
