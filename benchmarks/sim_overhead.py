@@ -334,6 +334,14 @@ def bench_des(engines: int, requests: int, rate: float) -> dict[str, Any]:
     }
 
 
+def _des_rows(des: dict[str, Any]) -> list[dict[str, Any]]:
+    """The discrete-event mode's rows of the summary table."""
+    return [
+        {"measure": "DES simulated req / CPU-s", "value": des["sim_requests_per_cpu_s"], "target": 5000},
+        {"measure": "  excluding trace generation", "value": des["sim_requests_per_cpu_s_excluding_trace"], "target": ""},
+    ]  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=None, help="write results as JSON here")
@@ -357,8 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         des = bench_des(args.des_engines, args.des_requests, rate=10.0 * args.des_engines)
         rows = [
             {"measure": f"DES {des['engines']} engines x {des['requests']} requests, CPU-s", "value": des["cpu_time_s"], "target": ""},
-            {"measure": "DES simulated req / CPU-s", "value": des["sim_requests_per_cpu_s"], "target": 5000},
-            {"measure": "  excluding trace generation", "value": des["sim_requests_per_cpu_s_excluding_trace"], "target": ""},
+            *_des_rows(des),
         ]  # fmt: skip
         print(table(rows, ["measure", "value", "target"]))
         write_json(
@@ -382,8 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         {"measure": "  lag ratio measured / modelled", "value": streams["lag_ratio_measured_over_modelled"], "target": "~1"},
         {"measure": "  server CPU utilisation", "value": streams["server_cpu_utilisation"], "target": ""},
         {"measure": "  SSE chunks per server CPU-s", "value": streams["chunks_per_server_cpu_s"], "target": ""},
-        {"measure": "DES simulated req / CPU-s", "value": des["sim_requests_per_cpu_s"], "target": 5000},
-        {"measure": "  excluding trace generation", "value": des["sim_requests_per_cpu_s_excluding_trace"], "target": ""},
+        *_des_rows(des),
     ]  # fmt: skip
     print(table(rows, ["measure", "value", "target"]))
     write_json(

@@ -290,16 +290,14 @@ class VllmMetrics(Collector):
         self.engines = [EngineStats(max_model_len) for _ in range(num_engines)]
         self.cache_config = cache_config or {}
         self.lora = LoRAInfo(max_loras) if max_loras is not None else None
-        self._prefix_cache: list[Any] | None = None
+        self._prefixes = self._build_prefixes()
 
     def register(self, registry: CollectorRegistry) -> None:
         registry.register(self)
 
-    def _prefixes(self) -> list[Any]:
-        """Per metric and engine, the text before each value (built once: names, model and
-        engine count never change)."""
-        if self._prefix_cache is not None:
-            return self._prefix_cache
+    def _build_prefixes(self) -> list[Any]:
+        """Per metric and engine, the text before each value (names, model, engine count and
+        bucket bounds never change after construction)."""
         m = self.model_name
         out: list[Any] = []
         for name, attr, doc in _GAUGES:
@@ -337,7 +335,6 @@ class VllmMetrics(Collector):
                 for i in range(len(self.engines))
             )
             out.append(("static", "", _header(name, _CACHE_INFO_DOC, "gauge") + lines, None))
-        self._prefix_cache = out
         return out
 
     def render(self) -> bytes:
@@ -346,7 +343,7 @@ class VllmMetrics(Collector):
         add = parts.append
         fmt = floatToGoString
         engines = self.engines
-        for kind, attr, header, per_engine in self._prefixes():
+        for kind, attr, header, per_engine in self._prefixes:
             add(header)
             if kind == "static":
                 continue

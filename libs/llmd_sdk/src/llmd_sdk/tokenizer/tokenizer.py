@@ -138,8 +138,8 @@ class Tokenizer:
         """Token ids of `text`; `add_special_tokens` adds what the post-processor adds (BOS).
 
         Long texts for a splittable tokenizer (the built-in one) are cut into chunks at
-        pre-token boundaries; without special tokens (chat prompts) their ids come from an
-        LRU of recent chunks, so a shared prefix is tokenized once, not per request.
+        pre-token boundaries; without special tokens (chat prompts) their ids come from a
+        bounded cache of recent chunks, so a shared prefix is tokenized once, not per request.
         """
         if len(text) < _SHORT_TEXT:
             # A batch call costs a thread-pool round trip: slower for short texts.
