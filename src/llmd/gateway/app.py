@@ -260,8 +260,11 @@ class Gateway:
         cancelled = True
         try:
             body: AsyncIterator[bytes] = upstream.aiter_raw()
+            length = upstream.headers.get("content-length")
+            content_length = int(length) if length is not None and length.isdigit() else None
             for ex in reversed(exchanges):
-                body = ex.process_response_body(body)
+                body = ex.process_response_body(body, content_length)
+                content_length = None  # a filter may have changed the body
             async for chunk in body:
                 yield chunk
             cancelled = False

@@ -132,10 +132,11 @@ class _FilterStream:
         except TimeoutError:
             self._fail(504, f"ext_proc {self.cfg.name} did not accept a message in time")
 
-    async def recv(self) -> ext_proc.ProcessingResponse:
+    async def recv(self, *, timed: bool = True) -> ext_proc.ProcessingResponse:
+        """The processor's next message; `timed=False` waits without `message_timeout`."""
         call = self._ensure_call()
         try:
-            async with asyncio.timeout(self.cfg.message_timeout):
+            async with asyncio.timeout(self.cfg.message_timeout if timed else None):
                 resp = await call.read()
         except TimeoutError:
             self._fail(504, f"ext_proc {self.cfg.name} timed out")
@@ -419,38 +420,54 @@ class Exchange:
                 return ResponseHeadersOutcome(headers=out, local_reply=failed.reply)
         return ResponseHeadersOutcome(headers=out)
 
-    async def process_response_body(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """Stream the upstream body through the filters in reverse order."""
-        stream_out: AsyncIterator[bytes] = chunks
+    async def process_response_body(
+        self, chunks: AsyncIterator[bytes], content_length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """Stream the upstream body through the filters in reverse order.
+
+        Each chunk goes to the processors as it arrives. Like Envoy's codec, the last chunk
+        carries end_of_stream when `content_length` says it is the last; otherwise (a chunked
+        body) an empty chunk with end_of_stream follows the upstream's end.
+        """
+        pairs: AsyncIterator[tuple[bytes, bool]] = _with_eos(chunks, content_length)
         for stream in reversed(self._streams):
             if stream.skipped or stream.cfg.response_body_mode == BodyMode.NONE:
                 continue
-            stream_out = _response_body_through(stream, stream_out)
-        async for chunk in stream_out:
-            yield chunk
+            pairs = _response_body_through(stream, pairs)
+        async for chunk, _ in pairs:
+            if chunk:
+                yield chunk
 
 
 class _Stop(_FilterFailed):
     """A headers response carried an ImmediateResponse."""
 
 
-async def _with_eos(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[bytes, bool]]:
-    """Pair each chunk with end_of_stream, looking one ahead (Envoy knows the last data frame)."""
-    prev: bytes | None = None
+async def _with_eos(
+    chunks: AsyncIterator[bytes], content_length: int | None
+) -> AsyncIterator[tuple[bytes, bool]]:
+    """Pair each upstream chunk with end_of_stream, without holding any chunk back."""
+    if content_length == 0:
+        yield b"", True
+        return
+    seen = 0
     async for chunk in chunks:
-        if prev is not None:
-            yield prev, False
-        prev = chunk
-    yield (prev or b""), True
+        seen += len(chunk)
+        last = content_length is not None and seen >= content_length
+        yield chunk, last
+        if last:
+            return
+    yield b"", True
 
 
 async def _response_body_through(
-    stream: _FilterStream, chunks: AsyncIterator[bytes]
-) -> AsyncIterator[bytes]:
+    stream: _FilterStream, pairs: AsyncIterator[tuple[bytes, bool]]
+) -> AsyncIterator[tuple[bytes, bool]]:
+    """One filter's view of the response body: (chunk, end_of_stream) in, the same out."""
     mode = stream.cfg.response_body_mode
     try:
         if mode in (BodyMode.BUFFERED, BodyMode.BUFFERED_PARTIAL):
-            body = b"".join([c async for c in chunks])
+            body = b"".join([c async for c, _ in pairs])
             await stream.send(
                 ext_proc.ProcessingRequest(
                     response_body=ext_proc.HttpBody(body=body, end_of_stream=True)
@@ -461,27 +478,29 @@ async def _response_body_through(
             if common.HasField("body_mutation"):
                 bm = common.body_mutation
                 body = b"" if bm.clear_body else bytes(bm.body)
-            if body:
-                yield body
+            yield body, True
             return
         if mode == BodyMode.STREAMED:
-            async for chunk, eos in _with_eos(chunks):
+            async for chunk, eos in pairs:
                 await stream.send(
                     ext_proc.ProcessingRequest(
                         response_body=ext_proc.HttpBody(body=chunk, end_of_stream=eos)
                     )
                 )
-                common = (await stream.recv()).response_body.response
+                try:
+                    common = (await stream.recv()).response_body.response
+                except _Skip:
+                    yield chunk, eos  # Envoy still holds the chunk it sent
+                    raise
                 if common.HasField("body_mutation"):
                     bm = common.body_mutation
                     chunk = b"" if bm.clear_body else bytes(bm.body)
-                if chunk:
-                    yield chunk
+                yield chunk, eos
             return
 
         # FULL_DUPLEX_STREAMED: write as chunks come, read what the processor streams back.
         async def writer() -> None:
-            async for chunk, eos in _with_eos(chunks):
+            async for chunk, eos in pairs:
                 await stream.send(
                     ext_proc.ProcessingRequest(
                         response_body=ext_proc.HttpBody(body=chunk, end_of_stream=eos)
@@ -491,10 +510,11 @@ async def _response_body_through(
         task = asyncio.create_task(writer())
         try:
             while True:
-                resp = await stream.recv()
+                # Envoy starts no message timer in this mode: the processor's next message may
+                # wait on the upstream's next chunk for as long as the upstream takes.
+                resp = await stream.recv(timed=False)
                 sr = resp.response_body.response.body_mutation.streamed_response
-                if sr.body:
-                    yield bytes(sr.body)
+                yield bytes(sr.body), sr.end_of_stream
                 if sr.end_of_stream:
                     break
             await task
@@ -504,7 +524,9 @@ async def _response_body_through(
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
     except _Skip:
-        return
+        # The processor closed its stream: Envoy carries on without it.
+        async for pair in pairs:
+            yield pair
 
 
 class EnvoyClient:
