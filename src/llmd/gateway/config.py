@@ -17,7 +17,12 @@ class ProcessorConfig(BaseModel):
     response_header_mode: str = "SEND"
     send_body_without_waiting_for_header_response: bool = False
     failure_mode_allow: bool = False
-    message_timeout_s: float = Field(default=10.0, gt=0)
+    message_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="how long a processor may take to answer a message; as in Envoy, not "
+        "applied to a FULL_DUPLEX_STREAMED response body, whose pace is the upstream's",
+    )
 
     @field_validator("request_body_mode", "response_body_mode")
     @classmethod

@@ -53,7 +53,8 @@ class FilterConfig:
     response_body_mode: BodyMode = BodyMode.NONE
     send_body_without_waiting_for_header_response: bool = False
     failure_mode_allow: bool = False
-    # Envoy's default is 200 ms; processors that wait for scheduling need more.
+    # Envoy's default is 200 ms; processors that wait for scheduling need more. Like Envoy, the
+    # client starts no timer while a FULL_DUPLEX_STREAMED response body streams.
     message_timeout: float = 5.0
     max_buffered_bytes: int = 8 * 1024 * 1024
 
