@@ -54,14 +54,26 @@ async def _http_server(app: Any, port: int) -> AsyncIterator[None]:
         await task
 
 
+EPP_MESSAGE_TIMEOUT_S = 1.0
+SLOW_FIRST_TOKEN_S = 1.5
+
+
+def _prompt(body: dict[str, Any]) -> str:
+    return str(body["messages"][-1]["content"]) if body.get("messages") else ""
+
+
 def _engine_app(name: str) -> Starlette:
     """An upstream engine that reports who it is and what it received."""
 
     async def completions(request: Request) -> Response:
         body = await request.json()
         if body.get("stream"):
+            # "slow": the first token comes after the EPP's message timeout, as for a request
+            # that waits in the engine's queue.
+            first_token_after = SLOW_FIRST_TOKEN_S if _prompt(body) == "slow" else 0.0
 
             async def sse() -> AsyncIterator[bytes]:
+                await asyncio.sleep(first_token_after)
                 for i in range(3):
                     yield f"data: {json.dumps({'engine': name, 'i': i})}\n\n".encode()
                 yield b"data: [DONE]\n\n"
@@ -155,6 +167,7 @@ async def stack() -> AsyncIterator[dict[str, Any]]:
     picks = {
         "one": e1,
         "two": e2,
+        "slow": e1,
         "fallback": f"{dead},{e2}",
         "nothing": dead,
         "reset": f"{reset_ep},{e2}",
@@ -182,6 +195,7 @@ async def stack() -> AsyncIterator[dict[str, Any]]:
                     "epp": {
                         "target": f"127.0.0.1:{epp_srv.port}",
                         "response_body_mode": "FULL_DUPLEX_STREAMED",
+                        "message_timeout_s": EPP_MESSAGE_TIMEOUT_S,
                     },
                 }
             ],
@@ -293,6 +307,21 @@ async def test_streaming_response_is_streamed_back(stack: dict[str, Any]) -> Non
     assert events[-1] == "[DONE]"
     assert [json.loads(e)["i"] for e in events[:-1]] == [0, 1, 2]
     assert {json.loads(e)["engine"] for e in events[:-1]} == {"e2"}
+
+
+async def test_a_first_token_later_than_the_message_timeout_streams_whole(
+    stack: dict[str, Any],
+) -> None:
+    """Envoy runs no message timer on a FULL_DUPLEX_STREAMED response body; neither may the
+    gateway, or a queued request's 200 is cut off after its headers."""
+    assert SLOW_FIRST_TOKEN_S > EPP_MESSAGE_TIMEOUT_S
+    async with stack["client"].stream(
+        "POST", "/v1/chat/completions", json=_chat("slow", stream=True)
+    ) as r:
+        assert r.status_code == 200
+        events = [line[6:] async for line in r.aiter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    assert [json.loads(e)["i"] for e in events[:-1]] == [0, 1, 2]
 
 
 async def test_subset_hint_reaches_the_epp_as_metadata(stack: dict[str, Any]) -> None:
