@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import pytest
 from llmd_sdk.extproc import (
@@ -56,6 +57,18 @@ class ModelRouter(ExtProcStream):
         self.closed.append(complete)
 
 
+@asynccontextmanager
+async def serving(factory: Callable[[StreamContext], ExtProcStream]) -> AsyncIterator[str]:
+    """A real ext_proc gRPC server on a free loopback port, running `factory`'s streams."""
+    _, register = ext_proc_registrar(factory)
+    server = GrpcServer("127.0.0.1:0", [register])
+    await server.start()
+    try:
+        yield f"127.0.0.1:{server.port}"
+    finally:
+        await server.stop(0)
+
+
 @pytest.fixture
 async def model_router() -> AsyncIterator[tuple[str, list[bool], list[bytes]]]:
     closed: list[bool] = []
@@ -67,13 +80,8 @@ async def model_router() -> AsyncIterator[tuple[str, list[bool], list[bytes]]]:
         s.seen_response_chunks = chunks
         return s
 
-    _, register = ext_proc_registrar(factory)
-    server = GrpcServer("127.0.0.1:0", [register])
-    await server.start()
-    try:
-        yield f"127.0.0.1:{server.port}", closed, chunks
-    finally:
-        await server.stop(0)
+    async with serving(factory) as target:
+        yield target, closed, chunks
 
 
 @pytest.fixture

@@ -10,15 +10,9 @@ from typing import Any
 import grpc
 import pytest
 from llmd_sdk.contracts import ext_proc, ext_proc_grpc
-from llmd_sdk.extproc import (
-    BodyMode,
-    EnvoyClient,
-    ExtProcStream,
-    FilterConfig,
-    GrpcServer,
-    StreamContext,
-    ext_proc_registrar,
-)
+from llmd_sdk.extproc import BodyMode, EnvoyClient, ExtProcStream, FilterConfig, StreamContext
+
+from .conftest import serving
 
 HEADERS = {":method": "POST", ":path": "/v1/completions", "content-type": "application/json"}
 STREAMING = [BodyMode.STREAMED, BodyMode.FULL_DUPLEX_STREAMED]
@@ -42,13 +36,8 @@ async def recorder() -> AsyncIterator[tuple[str, list[tuple[bytes, bool]]]]:
         s.events = events
         return s
 
-    _, register = ext_proc_registrar(factory)
-    server = GrpcServer("127.0.0.1:0", [register])
-    await server.start()
-    try:
-        yield f"127.0.0.1:{server.port}", events
-    finally:
-        await server.stop(0)
+    async with serving(factory) as target:
+        yield target, events
 
 
 def _cfg(target: str, mode: BodyMode, message_timeout: float = 5.0) -> FilterConfig:
@@ -94,27 +83,27 @@ async def test_each_chunk_reaches_the_client_before_the_next_one_exists(
     assert rest == [b"data: second\n\n"]
 
 
+@pytest.mark.parametrize(
+    ("headers", "content_length", "expected"),
+    [
+        # chunked: Envoy learns of the end after the last data, an empty end_of_stream follows
+        (
+            {"content-type": "text/event-stream"},
+            None,
+            [(b"abc", False), (b"de", False), (b"", True)],
+        ),
+        # content-length: the codec marks the last data chunk itself
+        ({"content-length": "5"}, 5, [(b"abc", False), (b"de", True)]),
+    ],
+    ids=["chunked", "content-length"],
+)
 @pytest.mark.parametrize("mode", STREAMING, ids=lambda m: m.name)
-async def test_chunked_body_ends_with_an_empty_end_of_stream_message(
-    recorder: tuple[str, list[tuple[bytes, bool]]], mode: BodyMode
-) -> None:
-    target, events = recorder
-
-    async def upstream() -> AsyncIterator[bytes]:
-        yield b"a"
-        yield b"b"
-
-    async with EnvoyClient([_cfg(target, mode)]) as client:
-        ex = await _open(client, {"content-type": "text/event-stream"})
-        got = [c async for c in ex.process_response_body(upstream())]  # type: ignore[attr-defined]
-        await ex.close()  # type: ignore[attr-defined]
-    assert got == [b"a", b"b"]
-    assert events == [(b"a", False), (b"b", False), (b"", True)]
-
-
-@pytest.mark.parametrize("mode", STREAMING, ids=lambda m: m.name)
-async def test_content_length_marks_the_last_data_chunk(
-    recorder: tuple[str, list[tuple[bytes, bool]]], mode: BodyMode
+async def test_end_of_stream_is_marked_as_envoys_codec_marks_it(
+    recorder: tuple[str, list[tuple[bytes, bool]]],
+    mode: BodyMode,
+    headers: dict[str, str],
+    content_length: int | None,
+    expected: list[tuple[bytes, bool]],
 ) -> None:
     target, events = recorder
 
@@ -123,12 +112,12 @@ async def test_content_length_marks_the_last_data_chunk(
         yield b"de"
 
     async with EnvoyClient([_cfg(target, mode)]) as client:
-        ex = await _open(client, {"content-length": "5"})
-        body = ex.process_response_body(upstream(), 5)  # type: ignore[attr-defined]
+        ex = await _open(client, headers)
+        body = ex.process_response_body(upstream(), content_length)  # type: ignore[attr-defined]
         got = [c async for c in body]
         await ex.close()  # type: ignore[attr-defined]
     assert got == [b"abc", b"de"]
-    assert events == [(b"abc", False), (b"de", True)]
+    assert events == expected
 
 
 async def test_full_duplex_waits_on_a_slow_upstream_past_the_message_timeout(
