@@ -164,7 +164,8 @@ class _ClosesAtFirstResponseChunk(ext_proc_grpc.ExternalProcessorServicer):  # t
                 )
 
 
-async def test_a_processor_leaving_mid_body_lets_the_rest_of_the_body_through() -> None:
+@pytest.mark.parametrize("mode", [BodyMode.STREAMED, BodyMode.BUFFERED], ids=lambda m: m.name)
+async def test_a_processor_leaving_mid_body_lets_the_body_through(mode: BodyMode) -> None:
     server = grpc.aio.server()
     ext_proc_grpc.add_ExternalProcessorServicer_to_server(_ClosesAtFirstResponseChunk(), server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -175,7 +176,7 @@ async def test_a_processor_leaving_mid_body_lets_the_rest_of_the_body_through() 
             yield part
 
     try:
-        async with EnvoyClient([_cfg(f"127.0.0.1:{port}", BodyMode.STREAMED)]) as client:
+        async with EnvoyClient([_cfg(f"127.0.0.1:{port}", mode)]) as client:
             ex = await _open(client, {"content-type": "text/event-stream"})
             got = [c async for c in ex.process_response_body(upstream())]  # type: ignore[attr-defined]
             await ex.close()  # type: ignore[attr-defined]

@@ -469,12 +469,16 @@ async def _response_body_through(
     try:
         if mode in (BodyMode.BUFFERED, BodyMode.BUFFERED_PARTIAL):
             body = b"".join([c async for c, _ in pairs])
-            await stream.send(
-                ext_proc.ProcessingRequest(
-                    response_body=ext_proc.HttpBody(body=body, end_of_stream=True)
+            try:
+                await stream.send(
+                    ext_proc.ProcessingRequest(
+                        response_body=ext_proc.HttpBody(body=body, end_of_stream=True)
+                    )
                 )
-            )
-            resp = await stream.recv()
+                resp = await stream.recv()
+            except _Skip:
+                yield body, True  # Envoy still holds the body it buffered
+                return
             common = resp.response_body.response
             if common.HasField("body_mutation"):
                 bm = common.body_mutation
