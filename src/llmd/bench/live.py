@@ -77,7 +77,9 @@ PRECISE_EPP = {
     "kind": "EndpointPickerConfig",
     "plugins": [
         {"type": "single-profile-handler"},
-        {"type": "precise-prefix-cache-scorer"},
+        # As llm-d's precise-prefix-cache-aware guide: entries for a decision's prefix until
+        # the engine's KV events report it (a queued request's blocks come only after prefill).
+        {"type": "precise-prefix-cache-scorer", "parameters": {"speculativeIndexing": True}},
         {"type": "kv-cache-utilization-scorer"},
         {"type": "queue-scorer"},
         _PICKER,

@@ -12,6 +12,12 @@ upstream. Parameters: upstream's `indexerConfig` and `kvEventsConfig` (accepted 
 compatibility; the block size and hash seed are kvmanager's concern here), plus
 `kvmanagerAddress` (default: the EPP's `--kvmanager-address`) and `timeout` (default 100ms,
 after which the request is scored without prefix data).
+
+`speculativeIndexing` (upstream's, default false; also read from `indexerConfig`) records each
+decision's prefix for the picked endpoint for `speculativeTTL` (default 2s): until the engine's
+KV events report the blocks, the next requests sharing the prefix still find it there (see
+`speculative_index`). An endpoint's score is then the larger of its reported and its
+speculative share of the request.
 """
 
 from __future__ import annotations
@@ -21,12 +27,18 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from llmd_epp.scheduling.framework import CycleState, Handle, PrepareData, Scorer
-from llmd_epp.scheduling.prefix_index import AVERAGE_CHARS_PER_TOKEN, PrefixMatch
+from llmd_epp.scheduling.framework import CycleState, Handle, PrepareData, PreRequest, Scorer
+from llmd_epp.scheduling.prefix_index import AVERAGE_CHARS_PER_TOKEN, PrefixMatch, hash_prompt
 from llmd_epp.scheduling.registry import Duration, PluginParams, register
-from llmd_epp.scheduling.types import Endpoint, LLMRequest
+from llmd_epp.scheduling.speculative_index import SpeculativeIndex
+from llmd_epp.scheduling.types import Endpoint, LLMRequest, SchedulingResult
 
 DEFAULT_TIMEOUT = 0.1
+DEFAULT_SPECULATIVE_TTL = 2.0
+# Speculative entries hash 16-token blocks of the request text (4 characters per token), the
+# first 256 of them, as the approximate scorer does by default.
+_SPECULATIVE_BLOCK_CHARS = 16 * AVERAGE_CHARS_PER_TOKEN
+_SPECULATIVE_MAX_BLOCKS = 256
 
 
 @dataclass(slots=True)
@@ -52,7 +64,7 @@ class PrefixScoreSource(Protocol):
 
 
 @register()
-class PrecisePrefixCacheScorer(Scorer, PrepareData):
+class PrecisePrefixCacheScorer(Scorer, PrepareData, PreRequest):
     TYPE = "precise-prefix-cache-scorer"
 
     class Params(PluginParams):
@@ -60,10 +72,19 @@ class PrecisePrefixCacheScorer(Scorer, PrepareData):
         kvEventsConfig: dict[str, Any] | None = None
         kvmanagerAddress: str = ""
         timeout: Duration = DEFAULT_TIMEOUT
+        speculativeIndexing: bool | None = None
+        speculativeTTL: Duration = DEFAULT_SPECULATIVE_TTL
 
-    def __init__(self, name: str = "", source: PrefixScoreSource | None = None) -> None:
+    def __init__(
+        self,
+        name: str = "",
+        source: PrefixScoreSource | None = None,
+        speculative_ttl: float | None = None,
+    ) -> None:
         super().__init__(name)
         self.source = source
+        # None: speculative indexing off.
+        self.speculative = SpeculativeIndex(speculative_ttl) if speculative_ttl else None
         self.errors = 0
         # Called on each failed or timed-out score call (the EPP points it at its
         # llm_d_epp_kvindex_errors_total counter).
@@ -80,7 +101,12 @@ class PrecisePrefixCacheScorer(Scorer, PrepareData):
             if not address:
                 raise ValueError("parameters.kvmanagerAddress: no kvmanager address configured")
             source = factory(address, params.timeout)
-        return cls(name, source)
+        speculative = params.speculativeIndexing
+        if speculative is None:  # upstream has carried it in indexerConfig too
+            speculative = bool((params.indexerConfig or {}).get("speculativeIndexing", False))
+        if speculative and params.speculativeTTL <= 0:
+            raise ValueError("parameters.speculativeTTL: must be positive")
+        return cls(name, source, params.speculativeTTL if speculative else None)
 
     @property
     def is_async(self) -> bool:
@@ -133,18 +159,49 @@ class PrecisePrefixCacheScorer(Scorer, PrepareData):
         assert isinstance(result, PrefixScores)
         return self._store(request, result)
 
+    def _speculative_hashes(self, request: LLMRequest) -> list[int]:
+        key = self.name + "#speculative"
+        found = request.state.get(key)
+        if isinstance(found, list):
+            return found
+        hashes = hash_prompt(
+            request.user_input(),
+            request.target_model or request.model,
+            request.cache_salt,
+            _SPECULATIVE_BLOCK_CHARS,
+            _SPECULATIVE_MAX_BLOCKS,
+        )
+        request.state[key] = hashes
+        return hashes
+
     def score(
         self, cycle: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]
     ) -> list[float]:
         pm = self.match_for(request, endpoints)
-        if pm is None:
-            return [0.0] * len(endpoints)
-        weighted: dict[str, float] = request.state.get(self.name + "#weighted") or {}
-        raw = [weighted.get(e.key, float(pm.matches.get(e.key, 0))) for e in endpoints]
-        hi, lo = max(raw), min(raw)
+        raw = [0.0] * len(endpoints)
+        if pm is not None and pm.total_blocks:
+            weighted: dict[str, float] = request.state.get(self.name + "#weighted") or {}
+            total = pm.total_blocks
+            raw = [weighted.get(e.key, float(pm.matches.get(e.key, 0))) / total for e in endpoints]
+        if self.speculative is not None:
+            hashes = self._speculative_hashes(request)
+            guessed = self.speculative.match(hashes, cycle.now)
+            if guessed:
+                n = len(hashes)
+                raw = [
+                    max(r, guessed.get(e.key, 0) / n) for r, e in zip(raw, endpoints, strict=True)
+                ]
+        hi, lo = max(raw, default=0.0), min(raw, default=0.0)
         if hi <= 0:
             return [0.0] * len(raw)
         if hi == lo:
             return [1.0] * len(raw)
         span = hi - lo
         return [(r - lo) / span for r in raw]
+
+    def pre_request(self, request: LLMRequest, result: SchedulingResult, now: float) -> None:
+        if self.speculative is None:
+            return
+        hashes = self._speculative_hashes(request)
+        for key in {prof.targets[0].key for prof in result.profile_results.values()}:
+            self.speculative.add(hashes, key, now)
