@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import xxhash
 
+from llmd_epp.scheduling.types import LLMRequest
+
 AVERAGE_CHARS_PER_TOKEN = 4
 
 
@@ -56,6 +58,25 @@ def hash_prompt(
         prev = digest(text[start : start + block_chars] + prev.to_bytes(8, "little"))
         out.append(prev)
     return out
+
+
+def request_hashes(
+    request: LLMRequest, state_key: str, block_chars: int, max_blocks: int
+) -> list[int]:
+    """`hash_prompt` over the request's text for its model and cache_salt, computed once per
+    request: the result is kept in `request.state[state_key]`."""
+    found = request.state.get(state_key)
+    if isinstance(found, list):
+        return found
+    hashes = hash_prompt(
+        request.user_input(),
+        request.target_model or request.model,
+        request.cache_salt,
+        block_chars,
+        max_blocks,
+    )
+    request.state[state_key] = hashes
+    return hashes
 
 
 class ApproxPrefixIndex:

@@ -43,7 +43,11 @@ from llmd_epp.scheduling.framework import (
     ResponseComplete,
     Scorer,
 )
-from llmd_epp.scheduling.prefix_index import AVERAGE_CHARS_PER_TOKEN, ApproxPrefixIndex, hash_prompt
+from llmd_epp.scheduling.prefix_index import (
+    AVERAGE_CHARS_PER_TOKEN,
+    ApproxPrefixIndex,
+    request_hashes,
+)
 from llmd_epp.scheduling.registry import Duration, PluginParams, register
 from llmd_epp.scheduling.types import DP_RANK_HEADER, Endpoint, LLMRequest, SchedulingResult
 
@@ -153,18 +157,12 @@ class DpRankBalancer(Scorer, PreRequest, ResponseComplete, EndpointListener):
         return f"{key}#{rank}"
 
     def _hashes(self, request: LLMRequest) -> list[int]:
-        cached = request.state.get(self.name + "#hashes")
-        if isinstance(cached, list):
-            return cached
-        hashes = hash_prompt(
-            request.user_input(),
-            request.target_model or request.model,
-            request.cache_salt,
+        return request_hashes(
+            request,
+            self.name + "#hashes",
             self.block_tokens * AVERAGE_CHARS_PER_TOKEN,
             self.max_blocks,
         )
-        request.state[self.name + "#hashes"] = hashes
-        return hashes
 
     @staticmethod
     def prompt_tokens(request: LLMRequest) -> int:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from llmd_epp.scheduling.framework import CycleState, Handle, PrepareData, PreRequest, Scorer
-from llmd_epp.scheduling.prefix_index import AVERAGE_CHARS_PER_TOKEN, PrefixMatch, hash_prompt
+from llmd_epp.scheduling.prefix_index import AVERAGE_CHARS_PER_TOKEN, PrefixMatch, request_hashes
 from llmd_epp.scheduling.registry import Duration, PluginParams, register
 from llmd_epp.scheduling.speculative_index import SpeculativeIndex
 from llmd_epp.scheduling.types import Endpoint, LLMRequest, SchedulingResult
@@ -160,19 +160,9 @@ class PrecisePrefixCacheScorer(Scorer, PrepareData, PreRequest):
         return self._store(request, result)
 
     def _speculative_hashes(self, request: LLMRequest) -> list[int]:
-        key = self.name + "#speculative"
-        found = request.state.get(key)
-        if isinstance(found, list):
-            return found
-        hashes = hash_prompt(
-            request.user_input(),
-            request.target_model or request.model,
-            request.cache_salt,
-            _SPECULATIVE_BLOCK_CHARS,
-            _SPECULATIVE_MAX_BLOCKS,
+        return request_hashes(
+            request, self.name + "#speculative", _SPECULATIVE_BLOCK_CHARS, _SPECULATIVE_MAX_BLOCKS
         )
-        request.state[key] = hashes
-        return hashes
 
     def score(
         self, cycle: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]
