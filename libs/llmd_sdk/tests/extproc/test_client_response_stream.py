@@ -183,3 +183,33 @@ async def test_a_processor_leaving_mid_body_lets_the_body_through(mode: BodyMode
     finally:
         await server.stop(0)
     assert b"".join(got) == b"abc"
+
+
+class UpstreamBroke(Exception):
+    pass
+
+
+@pytest.mark.parametrize("mode", STREAMING, ids=lambda m: m.name)
+async def test_an_upstream_dying_mid_body_ends_the_exchange_at_once(
+    recorder: tuple[str, list[tuple[bytes, bool]]], mode: BodyMode
+) -> None:
+    """No message timer runs in FULL_DUPLEX_STREAMED, so nothing but the upstream's failure
+    can end a read that waits for the processor's next message: it must, at once."""
+    target, _ = recorder
+
+    async def upstream() -> AsyncIterator[bytes]:
+        yield b"data: one\n\n"
+        raise UpstreamBroke("peer closed connection without sending complete message body")
+
+    cfg = _cfg(target, mode, message_timeout=30.0)
+    got: list[bytes] = []
+    async with EnvoyClient([cfg]) as client:
+        ex = await _open(client, {"content-type": "text/event-stream"})
+        with pytest.raises(UpstreamBroke):
+            async with asyncio.timeout(5):  # far below the message timeout
+                async for chunk in ex.process_response_body(upstream()):  # type: ignore[attr-defined]
+                    got.append(chunk)
+        await ex.close(cancel=True)  # type: ignore[attr-defined]
+    # The first chunk may or may not have come back through the processor before the stream
+    # was cancelled (Envoy too resets what is in flight); nothing else may have.
+    assert got in ([], [b"data: one\n\n"])

@@ -504,20 +504,35 @@ async def _response_body_through(
             return
 
         # FULL_DUPLEX_STREAMED: write as chunks come, read what the processor streams back.
+        broke: list[BaseException] = []
+
         async def writer() -> None:
-            async for chunk, eos in pairs:
-                await stream.send(
-                    ext_proc.ProcessingRequest(
-                        response_body=ext_proc.HttpBody(body=chunk, end_of_stream=eos)
+            try:
+                async for chunk, eos in pairs:
+                    await stream.send(
+                        ext_proc.ProcessingRequest(
+                            response_body=ext_proc.HttpBody(body=chunk, end_of_stream=eos)
+                        )
                     )
-                )
+            except Exception as exc:
+                # The upstream (or the processor) broke mid-body. Nothing else would end the
+                # reader's wait for the processor's next message: cancel the stream under it.
+                broke.append(exc)
+                await stream.close(cancel=True)
+                raise
 
         task = asyncio.create_task(writer())
         try:
             while True:
                 # Envoy starts no message timer in this mode: the processor's next message may
                 # wait on the upstream's next chunk for as long as the upstream takes.
-                resp = await stream.recv(timed=False)
+                try:
+                    resp = await stream.recv(timed=False)
+                except (asyncio.CancelledError, _FilterFailed):
+                    current = asyncio.current_task()
+                    if broke and not (current is not None and current.cancelling()):
+                        raise broke[0] from None
+                    raise
                 sr = resp.response_body.response.body_mutation.streamed_response
                 yield bytes(sr.body), sr.end_of_stream
                 if sr.end_of_stream:
@@ -526,8 +541,8 @@ async def _response_body_through(
         finally:
             if not task.done():
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task  # also collects a failed writer's exception, raised above
     except _Skip:
         # The processor closed its stream: Envoy carries on without it.
         async for pair in pairs:
