@@ -9,7 +9,7 @@ to it, bounded like the engine's KV cache; the index maps a hash to the endpoint
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import xxhash
@@ -79,6 +79,36 @@ def request_hashes(
     return hashes
 
 
+def leading_matches(
+    hashes: Sequence[int], holders: Mapping[int, Collection[str]]
+) -> dict[str, int]:
+    """Per endpoint, the number of leading blocks of `hashes` it holds (zeros left out), given
+    each chained hash's holders."""
+    if not hashes:
+        return {}
+    first = holders.get(hashes[0])
+    if not first:
+        return {}
+    active = set(first)
+    out: dict[str, int] = {}
+    depth = 1
+    for h in hashes[1:]:
+        owners = holders.get(h)
+        if not owners:
+            break
+        stay = active.intersection(owners)
+        if len(stay) != len(active):
+            for ep in active - stay:
+                out[ep] = depth
+            active = stay
+            if not active:
+                break
+        depth += 1
+    for ep in active:
+        out[ep] = depth
+    return out
+
+
 class ApproxPrefixIndex:
     """hash -> endpoints holding it, with a bounded LRU of hashes per endpoint."""
 
@@ -127,26 +157,4 @@ class ApproxPrefixIndex:
 
     def match(self, hashes: Sequence[int]) -> dict[str, int]:
         """Per endpoint, the number of leading blocks of `hashes` it holds (zeros left out)."""
-        if not hashes:
-            return {}
-        first = self._holders.get(hashes[0])
-        if not first:
-            return {}
-        active = set(first)
-        out: dict[str, int] = {}
-        depth = 1
-        for h in hashes[1:]:
-            owners = self._holders.get(h)
-            if not owners:
-                break
-            stay = active & owners
-            if len(stay) != len(active):
-                for ep in active - stay:
-                    out[ep] = depth
-                active = stay
-                if not active:
-                    break
-            depth += 1
-        for ep in active:
-            out[ep] = depth
-        return out
+        return leading_matches(hashes, self._holders)

@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 
+from llmd_epp.scheduling.prefix_index import leading_matches
+
 
 class SpeculativeIndex:
     """hash -> {endpoint: expiry}, with entries dropped once `ttl` seconds old."""
@@ -45,28 +47,9 @@ class SpeculativeIndex:
 
     def match(self, hashes: Sequence[int], now: float) -> dict[str, int]:
         """Per endpoint, how many leading blocks of `hashes` it was sent within the TTL."""
+        # Purging leaves only live entries: an expired one is dropped with its expiry's turn.
         self._purge(now)
-        if not hashes:
-            return {}
-        first = self._entries.get(hashes[0])
-        if not first:
-            return {}
-        active = {ep for ep, expiry in first.items() if expiry > now}
-        out: dict[str, int] = {}
-        depth = 1
-        for h in hashes[1:]:
-            if not active:
-                break
-            holders = self._entries.get(h) or {}
-            stay = {ep for ep in active if holders.get(ep, 0.0) > now}
-            for ep in active - stay:
-                out[ep] = depth
-            active = stay
-            if active:
-                depth += 1
-        for ep in active:
-            out[ep] = depth
-        return out
+        return leading_matches(hashes, self._entries)
 
     def remove_endpoint(self, endpoint: str) -> None:
         for h in [h for h, holders in self._entries.items() if endpoint in holders]:
