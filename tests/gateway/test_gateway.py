@@ -107,6 +107,7 @@ class FakeEPP(ExtProcStream):
 
     picks: dict[str, str]
     served_seen: list[str]
+    response_chunks: list[bytes]
 
     async def on_request_body(self, headers: Headers, body: bytes) -> Reply:
         req = parse_request(body, headers.get(":path", ""))
@@ -128,6 +129,9 @@ class FakeEPP(ExtProcStream):
         )
         self.served_seen.append(served)
         return Reply(set_headers={"x-served-by": served})
+
+    async def on_response_chunk(self, chunk: bytes, end_of_stream: bool) -> None:
+        self.response_chunks.append(chunk)
 
 
 @pytest.fixture
@@ -164,6 +168,23 @@ async def stack() -> AsyncIterator[dict[str, Any]]:
 
     flaky = await asyncio.start_server(drop_first_connection, "127.0.0.1", 0)
     flaky_ep = f"127.0.0.1:{flaky.sockets[0].getsockname()[1]}"
+
+    async def burst(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        # Three SSE events and the chunked body's end, in one write: one socket read for the
+        # gateway, as when an engine outruns its proxy.
+        await r.readuntil(b"\r\n\r\n")
+        events = [b"data: %d\n\n" % i for i in range(3)] + [b"data: [DONE]\n\n"]
+        w.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+            + b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events)
+            + b"0\r\n\r\n"
+        )
+        await w.drain()
+        w.close()
+
+    burster = await asyncio.start_server(burst, "127.0.0.1", 0)
+    burst_ep = f"127.0.0.1:{burster.sockets[0].getsockname()[1]}"
     picks = {
         "one": e1,
         "two": e2,
@@ -172,12 +193,14 @@ async def stack() -> AsyncIterator[dict[str, Any]]:
         "nothing": dead,
         "reset": f"{reset_ep},{e2}",
         "flaky": flaky_ep,
+        "burst": burst_ep,
     }
     served: list[str] = []
+    response_chunks: list[bytes] = []
 
     def epp_factory(ctx: StreamContext) -> ExtProcStream:
         s = FakeEPP(ctx)
-        s.picks, s.served_seen = picks, served
+        s.picks, s.served_seen, s.response_chunks = picks, served, response_chunks
         return s
 
     bbr_srv = GrpcServer("127.0.0.1:0", [ext_proc_registrar(FakeBBR)[1]])
@@ -218,9 +241,11 @@ async def stack() -> AsyncIterator[dict[str, Any]]:
                 "served": served,
                 "resets": resets,
                 "flaky": flaky_conns,
+                "response_chunks": response_chunks,
             }
     resetter.close()
     flaky.close()
+    burster.close()
     await bbr_srv.stop(0)
     await epp_srv.stop(0)
 
@@ -307,6 +332,22 @@ async def test_streaming_response_is_streamed_back(stack: dict[str, Any]) -> Non
     assert events[-1] == "[DONE]"
     assert [json.loads(e)["i"] for e in events[:-1]] == [0, 1, 2]
     assert {json.loads(e)["engine"] for e in events[:-1]} == {"e2"}
+
+
+async def test_body_bytes_that_arrive_together_reach_the_epp_as_one_message(
+    stack: dict[str, Any],
+) -> None:
+    """Envoy's HTTP/1 codec dispatches the body bytes of one read as one piece, whatever the
+    chunked encoding's boundaries; one message per chunk would cost the EPP four round trips
+    here instead of one."""
+    async with stack["client"].stream(
+        "POST", "/v1/chat/completions", json=_chat("burst", stream=True)
+    ) as r:
+        assert r.status_code == 200
+        body = b"".join([c async for c in r.aiter_bytes()])
+    assert body == b"data: 0\n\ndata: 1\n\ndata: 2\n\ndata: [DONE]\n\n"
+    data_chunks = [c for c in stack["response_chunks"] if c]
+    assert data_chunks == [body]
 
 
 async def test_a_first_token_later_than_the_message_timeout_streams_whole(

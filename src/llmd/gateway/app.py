@@ -6,6 +6,11 @@ pool, run the pool's EPP over ext_proc, forward to the endpoint the EPP picked (
 along its list on connect failure), report the served endpoint on the response path, and stream
 the response back through the EPP. It exists so that the whole stack runs, and is tested, on one
 machine without Envoy; in a cluster Envoy (Istio, kgateway, GKE) takes its place.
+
+Like Envoy's HTTP/1 codec, which pushes the body bytes of one socket read through the filter
+chain as one piece, the gateway hands the EPP whatever part of the upstream body has arrived
+when it reads (aiohttp's `iter_any`), not one message per chunked-encoding chunk: tokens that
+arrive together cost one ext_proc message each way, as they do behind Envoy.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-import httpx
+import aiohttp
 from llmd_sdk.extproc import EnvoyClient, Exchange, LocalReply
 from llmd_sdk.openai import error_json
 from llmd_sdk.telemetry import get_logger, get_tracer, inject_headers
@@ -53,17 +58,23 @@ log = get_logger("llmd.gateway")
 
 # Failures that happen before the upstream sent a response header: the request can go to the next
 # endpoint without the client seeing anything (inference requests have no side effects to repeat).
+# (ClientOSError covers refused connections, ClientConnectorError, and resets.)
 _RETRYABLE = (
-    httpx.ConnectError,
-    httpx.ConnectTimeout,
-    httpx.RemoteProtocolError,
-    httpx.ReadError,
-    httpx.WriteError,
+    aiohttp.ClientOSError,
+    aiohttp.ServerDisconnectedError,
+    aiohttp.ConnectionTimeoutError,
 )
-# Of those, the ones a pooled keep-alive connection the server closed meanwhile also produces:
-# worth one more try on the same endpoint, on a fresh connection, before moving on.
-_STALE_CONNECTION = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 KEEPALIVE_EXPIRY_S = 2.0
+
+
+def _stale_connection(exc: BaseException) -> bool:
+    """What a pooled keep-alive connection the server closed meanwhile also produces: worth one
+    more try on the same endpoint, on a fresh connection, before moving on."""
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return True
+    return isinstance(exc, aiohttp.ClientOSError) and not isinstance(
+        exc, aiohttp.ClientConnectorError
+    )
 
 
 def _json_reply(status: int, message: str, code: Any = None) -> Response:
@@ -87,18 +98,23 @@ class Gateway:
         self.config = config
         self.bbr = EnvoyClient([config.bbr.filter("bbr")]) if config.bbr else None
         self.epps = {p.name: EnvoyClient([p.epp.filter(f"epp/{p.name}")]) for p in config.pools}
-        self.http = httpx.AsyncClient(
-            timeout=httpx.Timeout(
-                config.upstream_read_timeout_s, connect=config.upstream_connect_timeout_s
+        self.http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=2048,
+                # Idle connections close here before the engine's server closes them (uvicorn,
+                # as vLLM runs it, drops them after 5 s): reusing one the server is closing
+                # fails the request with no response.
+                keepalive_timeout=KEEPALIVE_EXPIRY_S,
             ),
-            # Idle connections close here before the engine's server closes them (uvicorn, as
-            # vLLM runs it, drops them after 5 s): reusing one the server is closing fails the
-            # request with no response.
-            limits=httpx.Limits(
-                max_connections=2048,
-                max_keepalive_connections=512,
-                keepalive_expiry=KEEPALIVE_EXPIRY_S,
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                sock_connect=config.upstream_connect_timeout_s,
+                sock_read=config.upstream_read_timeout_s,
             ),
+            # A proxy passes the body as the upstream encoded it and asks for no encoding the
+            # client did not ask for.
+            auto_decompress=False,
+            skip_auto_headers=("Accept-Encoding", "User-Agent"),
         )
         self.tracer = get_tracer("llmd.gateway")
         self.app = Starlette(
@@ -118,7 +134,7 @@ class Gateway:
         return Response(b"ok", media_type="text/plain")
 
     async def aclose(self) -> None:
-        await self.http.aclose()
+        await self.http.close()
         for client in [*self.epps.values(), *([self.bbr] if self.bbr else [])]:
             await client.close()
 
@@ -201,14 +217,14 @@ class Gateway:
         resp_headers = dict(upstream.headers)
         for ex in reversed(exchanges):
             rh = await ex.process_response_headers(
-                upstream.status_code, resp_headers, end_of_stream=False, metadata=served_md
+                upstream.status, resp_headers, end_of_stream=False, metadata=served_md
             )
             if rh.local_reply is not None:
-                await upstream.aclose()
+                upstream.close()
                 await asyncio.gather(*(e.close() for e in exchanges))
                 return _local(rh.local_reply)
             resp_headers = rh.headers
-        status = int(resp_headers.get(":status", upstream.status_code))
+        status = int(resp_headers.get(":status", upstream.status))
         log.debug(
             "routed",
             model=model,
@@ -225,24 +241,24 @@ class Gateway:
 
     async def _connect(
         self, method: str, headers: Mapping[str, str], body: bytes, candidates: list[str]
-    ) -> tuple[httpx.Response | None, str]:
+    ) -> tuple[aiohttp.ClientResponse | None, str]:
         """Send to the first candidate that answers with response headers.
 
         A candidate that refuses the connection or resets it before any response header (a
         replica killed mid-request) costs nothing yet: the next one in the EPP's fallback list
         gets the request, as Envoy does with ``retry_on: connect-failure,reset``. A reset or an
         early close, which a stale keep-alive connection also produces, is first retried once on
-        the same endpoint (httpx then opens a new connection).
+        the same endpoint (the pool drops a connection that failed, so the retry opens a new one).
         """
         path = headers.get(":path", "/")
         fwd = _downstream_headers(headers)
         for endpoint in candidates:
             for attempt in (1, 2):
-                req = self.http.build_request(
-                    method, f"http://{endpoint}{path}", headers=fwd, content=body
-                )
                 try:
-                    return await self.http.send(req, stream=True), endpoint
+                    response = await self.http.request(
+                        method, f"http://{endpoint}{path}", headers=fwd, data=body or None
+                    )
+                    return response, endpoint
                 except _RETRYABLE as exc:
                     log.warning(
                         "upstream failed before responding",
@@ -250,16 +266,17 @@ class Gateway:
                         attempt=attempt,
                         error=f"{type(exc).__name__}: {exc}",
                     )
-                    if attempt == 2 or not isinstance(exc, _STALE_CONNECTION):
+                    if attempt == 2 or not _stale_connection(exc):
                         break
         return None, ""
 
     async def _stream_back(
-        self, upstream: httpx.Response, exchanges: list[Exchange]
+        self, upstream: aiohttp.ClientResponse, exchanges: list[Exchange]
     ) -> AsyncIterator[bytes]:
         cancelled = True
         try:
-            body: AsyncIterator[bytes] = upstream.aiter_raw()
+            # Whatever has arrived since the last read, as one piece (see the module docstring).
+            body: AsyncIterator[bytes] = upstream.content.iter_any()
             length = upstream.headers.get("content-length")
             content_length = int(length) if length is not None and length.isdigit() else None
             for ex in reversed(exchanges):
@@ -269,5 +286,9 @@ class Gateway:
                 yield chunk
             cancelled = False
         finally:
-            await upstream.aclose()
+            # A whole body leaves the connection reusable; a cut one must not go back to the pool.
+            if cancelled:
+                upstream.close()
+            else:
+                upstream.release()
             await asyncio.gather(*(ex.close(cancel=cancelled) for ex in exchanges))
