@@ -1,7 +1,7 @@
 """Gateway overhead: a direct call to the engine vs the full local request path.
 
-The engine is an llmd-sim with no model latency (`--time-scale 0`), so what is measured is the
-request path itself. Subjects, each driven by the same sequential client:
+The engine is an llmd-sim with no model latency (`--time-scale 0`, the default), so what is
+measured is the request path itself. Subjects, each driven by the same sequential client:
 
     direct        client -> engine
     gateway       client -> dev gateway -> BBR (ext_proc) -> EPP (ext_proc) -> engine, the
@@ -14,8 +14,11 @@ the rounds' p50 and p99 is reported, and the added milliseconds over direct.
 
     uv run --no-sync python benchmarks/gateway_overhead.py [--smoke] [--max-tokens N] [--out F]
 
-`--max-tokens 64` shows the response path's share: streamed, every token is a chunk that the
-dev gateway and the EPP pass over their ext_proc stream (the gateway-req subject skips that).
+`--max-tokens 64` shows the response path's share: the dev gateway passes the EPP each piece of
+the body it reads, one ext_proc message each way (the gateway-req subject skips that). With no
+model latency the engine writes a response's tokens faster than the gateway reads them, so they
+arrive in a few pieces, as they would reach Envoy; `--time-scale 0.2` paces them (the H100
+profile's decode steps, 5x faster), so each token is its own piece: the per-token cost.
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ def py(module: str) -> list[str]:
     return [sys.executable, "-m", module]
 
 
-def processes(workdir: Path) -> tuple[list[ProcessSpec], dict[str, str]]:
+def processes(workdir: Path, time_scale: float) -> tuple[list[ProcessSpec], dict[str, str]]:
     (engine, bbr, bbr_h, epp, epp_h, epp_m, epp2, epp2_h, epp2_m, gw, gw2) = free_ports(11)
     engine_ep = f"127.0.0.1:{engine}"
     (workdir / "epp.yaml").write_text(yaml.safe_dump(EPP_CONFIG))
@@ -78,7 +81,8 @@ def processes(workdir: Path) -> tuple[list[ProcessSpec], dict[str, str]]:
         ProcessSpec(
             "engine",
             [*py("llmd_sim.server"), "--model", MODEL, "--port", str(engine), "--host",
-             "127.0.0.1", "--time-scale", "0", "--log-level", "WARNING", "--disable-log-requests"],
+             "127.0.0.1", "--time-scale", str(time_scale), "--log-level", "WARNING",
+             "--disable-log-requests"],
             probe=HttpProbe(f"http://{engine_ep}/health"),
         ),
         ProcessSpec(
@@ -107,7 +111,8 @@ def processes(workdir: Path) -> tuple[list[ProcessSpec], dict[str, str]]:
         doc = {
             "host": "127.0.0.1",
             "port": port,
-            "bbr": {"target": f"127.0.0.1:{bbr}"},
+            # As `llmd up` and the shipped BBR EnvoyFilter: BBR is not sent the response.
+            "bbr": {"target": f"127.0.0.1:{bbr}", "response_header_mode": "SKIP"},
             "pools": [
                 {
                     "name": "bench",
@@ -220,7 +225,7 @@ async def measure(
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="gw-overhead-"))
-    specs, urls = processes(workdir)
+    specs, urls = processes(workdir, args.time_scale)
     sup = Supervisor(specs, LogSink(sys.stderr, level="warning"))
     await sup.start(timeout=120)
     try:
@@ -241,6 +246,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--requests", type=int, default=200, help="sequential requests per round")
     ap.add_argument("--max-tokens", type=int, default=4, help="tokens per response (4)")
+    ap.add_argument(
+        "--time-scale", type=float, default=0.0, help="the engine's model time scale (0: none)"
+    )
     ap.add_argument("--out", help="write the results as JSON here")
     args = ap.parse_args()
     BODY["max_tokens"] = args.max_tokens
@@ -275,6 +283,7 @@ def main() -> int:
             "rounds": args.rounds,
             "requests_per_round": args.requests,
             "max_tokens": args.max_tokens,
+            "time_scale": args.time_scale,
             "results": results,
             "added_p50_ms": added,
             "target_ms": 3.0,

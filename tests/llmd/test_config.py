@@ -107,6 +107,15 @@ def test_documents_wire_the_components_together(tmp_path: Path) -> None:
     assert kvmanager_doc(cfg)["ingest"]["bind"] == "tcp://127.0.0.1:5557"
     gw = gateway_doc(cfg)
     assert gw["bbr"]["target"] == "127.0.0.1:9004"
+    # The dev gateway calls BBR as the shipped EnvoyFilter has Envoy call it.
+    envoy_filter = yaml.safe_load(
+        (ROOT / "deploy/kustomize/components/inference-scheduling/bbr-envoyfilter.yaml").read_text()
+    )
+    mode = envoy_filter["spec"]["configPatches"][0]["patch"]["value"]["typed_config"][
+        "processing_mode"
+    ]
+    assert gw["bbr"]["response_header_mode"] == mode["response_header_mode"] == "SKIP"
+    assert mode["request_body_mode"] == "FULL_DUPLEX_STREAMED"
     llama = next(p for p in gw["pools"] if p["name"] == "llama")
     assert llama["models"] == ["meta-llama/Llama-3.1-8B-Instruct", "ski-resorts"]
     assert llama["epp"]["target"] == "127.0.0.1:9102"

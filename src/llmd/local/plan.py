@@ -180,7 +180,9 @@ def gateway_doc(cfg: StackConfig) -> dict[str, Any]:
     return {
         "host": host,
         "port": cfg.gateway.port,
-        "bbr": {"target": _addr(host, cfg.bbr.grpc_port)},
+        # BBR only routes requests: as the shipped EnvoyFilter configures Envoy
+        # (components/inference-scheduling/bbr-envoyfilter.yaml), it is not sent the response.
+        "bbr": {"target": _addr(host, cfg.bbr.grpc_port), "response_header_mode": "SKIP"},
         "pools": [
             {
                 "name": m.name,
