@@ -127,3 +127,46 @@ def test_epp_cells_run_the_dev_gateway_with_the_chosen_response_body_mode(
     epp_cfg = yaml.safe_load((tmp_path / "epp-precise.yaml").read_text())
     picker = next(p for p in epp_cfg["plugins"] if p["type"] == "max-score-picker")
     assert picker["parameters"]["maxNumOfEndpoints"] == 2
+
+
+def _des(router: str, engines: int, rate: float, p90: float, tput: float, drain: float) -> dict:
+    return {
+        "engines": engines,
+        "router": router,
+        "rate_rps": rate,
+        "requests": 600,
+        "ttft_p90_s": p90,
+        "e2e_p50_s": 1.0,
+        "output_tokens_per_s": tput,
+        "arrival_span_s": 600 / rate,
+        "drain_s": drain,
+    }
+
+
+def test_des_targets_anchor_on_round_robins_last_rate_without_a_backlog() -> None:
+    rows = [
+        # Round-robin: 600 requests at 10 req/s arrive over 60 s and drain 2 s after the last;
+        # at 20 req/s they drain 20 s after it: a backlog (allowed: 3 s + 2 x 1 s).
+        _des("round-robin", 64, 10, 0.5, 1000, 2),
+        _des("round-robin", 64, 20, 4.0, 1200, 20),
+        _des("epp-precise", 64, 10, 0.1, 1000, 1),
+        _des("epp-precise", 64, 20, 0.3, 2000, 1),
+        _des("epp-precise", 64, 30, 0.7, 2900, 1),
+        _des("vllm-router-cache (model)", 64, 10, 0.15, 1000, 1),
+    ]
+    by_engines = report.des_cells(rows)
+    assert list(by_engines) == [64]
+    cells = {(c["router"], c["rate_rps"]): c["completes"] for c in by_engines[64]}
+    assert cells[("round-robin", 10)] and not cells[("round-robin", 20)]
+    t = report.targets(by_engines[64])
+    assert t["rate_rps"] == 10
+    assert t["p90_ttft"]["ratio"] == pytest.approx(5.0)
+    q = t["throughput_at_equal_p90"]
+    # epp-precise reaches round-robin's 0.5 s P90 halfway between 20 and 30 req/s.
+    assert q["how"] == "interpolated"
+    assert q["epp_precise_tokens_per_s"] == pytest.approx(2450)
+    assert q["ratio"] == pytest.approx(2.45) and q["met"]
+    v = t["vs_vllm_router"]
+    assert v["best_policy"] == "vllm-router-cache" and v["ratio"] == pytest.approx(1.5)
+    text = "\n".join(report.target_lines(t))
+    assert "2.45x" in text and "target 2x: met" in text

@@ -51,7 +51,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     live = p.add_argument_group("live run")
     live.add_argument("--engines", type=int, default=4, help="llmd-sim processes (4)")
     live.add_argument("--rates", type=_floats, help="requests/s, model time (4,8,16,24)")
-    live.add_argument("--routers", type=_names, help="comma-separated subset of the routers")
+    live.add_argument(
+        "--routers",
+        type=_names,
+        help="comma-separated subset of the routers (the discrete-event mode takes it too)",
+    )
     live.add_argument(
         "--time-scale", type=float, default=1.0, help="the sims' --time-scale (1: real GPU time)"
     )
@@ -191,7 +195,11 @@ def _run(args: argparse.Namespace) -> int:
                     "rates_per_engine": list(des_opts.rates_per_engine),
                     "kv_blocks_per_engine": des_opts.num_gpu_blocks,
                 },
-                "rows": des_mode.run_des(des_opts, des_mode.DES_ROUTERS, log=log),
+                "rows": des_mode.run_des(des_opts, des_routers(args.routers), log=log),
+            }
+            doc["des"]["targets"] = {
+                str(n): report.targets(cells)
+                for n, cells in report.des_cells(doc["des"]["rows"]).items()
             }
     doc["wall_s"] = time.time() - started
     doc["machine"]["load_avg_end"] = _load_avg()
@@ -210,6 +218,15 @@ def _run(args: argparse.Namespace) -> int:
     print(md)
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}" + "".join(f", {p}" for p in pngs))
     return 0
+
+
+def des_routers(chosen: list[str] | None) -> list[str]:
+    """The discrete-event routers, narrowed by `--routers` (vllm-router-cache is its model)."""
+    from llmd.bench import des as des_mode
+
+    if not chosen:
+        return list(des_mode.DES_ROUTERS)
+    return [r for r in des_mode.DES_ROUTERS if r.split(" ")[0] in chosen]
 
 
 def _spec_dict(spec: Any) -> dict[str, Any]:

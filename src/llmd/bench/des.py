@@ -303,6 +303,7 @@ def run_des(
         for per_engine in opts.rates_per_engine:
             rate = per_engine * n
             turns = build_trace(spec, rate)
+            first, last = min(t.arrival_s for t in turns), max(t.arrival_s for t in turns)
             for name in routers:
                 trace = _trace(turns, spec.output_tokens, enc, ids)
                 router = make_router(name, n)
@@ -324,6 +325,11 @@ def run_des(
                     "e2e_p50_s": s["e2e_p50_s"],
                     "e2e_p99_s": s["e2e_p99_s"],
                     "output_tokens_per_s": s["output_tokens_per_s"],
+                    "sim_time_s": s["sim_time_s"],
+                    "arrival_span_s": last - first,
+                    # From the last arrival to the last completion (virtual time): grows with
+                    # the backlog when the router cannot keep up.
+                    "drain_s": s["sim_time_s"] - last,
                     "prefix_hit_rate": s["prefix_hit_rate"],
                     "preemptions": s["preemptions"],
                     "busiest_engine_share": max(spread) / max(1, sum(spread)),

@@ -35,6 +35,34 @@ def mark_completion(cells: Sequence[dict[str, Any]]) -> None:
             c["completes"] = completes(c, unloaded_e2e_s=0.0 if math.isnan(unloaded) else unloaded)
 
 
+def des_cells(rows: Sequence[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+    """The discrete-event rows as `targets` cells, per engine count.
+
+    A router keeps up at a rate by the live criterion (`stats.completes`: the last request ends
+    within 10% of the arrivals' span plus twice the router's lowest-rate p50 end-to-end latency
+    after the last arrival), in virtual time. The vllm-router row is our model of its
+    `cache_aware` policy.
+    """
+    out: dict[int, list[dict[str, Any]]] = {}
+    for r in rows:
+        name = "vllm-router-cache" if r["router"].startswith("vllm-router-cache") else r["router"]
+        out.setdefault(int(r["engines"]), []).append({**r, "router": name})
+    for cells in out.values():
+        for rows_of in _by_router(cells).values():
+            unloaded = _num(rows_of[0]["e2e_p50_s"])
+            for c in rows_of:
+                c["completes"] = completes(
+                    {
+                        "requests": c["requests"],
+                        "succeeded": c["requests"],  # the simulator serves every request
+                        "drain_s": _num(c.get("drain_s")),
+                        "arrival_span_s": _num(c.get("arrival_span_s")),
+                    },
+                    unloaded_e2e_s=0.0 if math.isnan(unloaded) else unloaded,
+                )
+    return out
+
+
 def targets(cells: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The issue's targets, measured: each with the numbers it was computed from."""
     routers = _by_router(cells)
@@ -207,35 +235,8 @@ def markdown(doc: dict[str, Any]) -> str:
             lines.append(f"\n{router}: skipped: {why}")
         for note in kv_index_notes(cells) + error_notes(cells):
             lines.append(f"\n{note}")
-        t = live.get("targets") or {}
         lines += ["", "### Targets (measured)", ""]
-        if "note" in t:
-            lines.append(f"- {t['note']}")
-        if "p90_ttft" in t:
-            p = t["p90_ttft"]
-            lines.append(
-                f"- At {t['rate_rps']:g} req/s (the highest rate round-robin keeps up with): "
-                f"P90 TTFT round-robin {p['round_robin_s'] * 1e3:,.0f} ms vs epp-precise "
-                f"{p['epp_precise_s'] * 1e3:,.0f} ms: {p['ratio']:.2f}x (target 3x: "
-                f"{'met' if p['met'] else 'not met'})"
-            )
-        if "throughput_at_equal_p90" in t:
-            q = t["throughput_at_equal_p90"]
-            lines.append(
-                f"- Throughput at equal P90 TTFT ({q['p90_ttft_s'] * 1e3:,.0f} ms): "
-                f"epp-precise {_f(q['epp_precise_tokens_per_s'], '{:,.0f}')} vs round-robin "
-                f"{q['round_robin_tokens_per_s']:,.0f} output tok/s: {_f(q['ratio'], '{:.2f}')}x "
-                f"({q['how']}; target 2x: {'met' if q['met'] else 'not met'})"
-            )
-        v = t.get("vs_vllm_router") or {}
-        if "ratio" in v:
-            lines.append(
-                f"- vs vllm-router's best ({v['best_policy']}): P90 TTFT "
-                f"{v['vllm_router_p90_s'] * 1e3:,.0f} ms vs {v['epp_precise_p90_s'] * 1e3:,.0f} ms"
-                f": {v['ratio']:.2f}x (target 1.2x: {'met' if v['met'] else 'not met'})"
-            )
-        elif v:
-            lines.append(f"- vs vllm-router: {v.get('note')}")
+        lines += target_lines(live.get("targets") or {})
     des = doc.get("des") or {}
     if des.get("rows"):
         lines += [
@@ -253,9 +254,45 @@ def markdown(doc: dict[str, Any]) -> str:
                 f"{_f(r['e2e_p99_s'], '{:.2f}')} | {_f(r['output_tokens_per_s'], '{:,.0f}')} | "
                 f"{_f(r['prefix_hit_rate'], '{:.2f}')} | {_f(r['busiest_engine_share'], '{:.3f}')} |"
             )
+        for engines, t in sorted((des.get("targets") or {}).items(), key=lambda kv: int(kv[0])):
+            lines += ["", f"Targets in the discrete-event mode, {engines} engines:", ""]
+            lines += target_lines(t)
     elif des.get("skipped"):
         lines += ["", f"Discrete-event mode skipped: {des['skipped']}"]
     return "\n".join(lines) + "\n"
+
+
+def target_lines(t: dict[str, Any]) -> list[str]:
+    """The Markdown bullets of one `targets` result."""
+    lines: list[str] = []
+    if "note" in t:
+        lines.append(f"- {t['note']}")
+    if "p90_ttft" in t:
+        p = t["p90_ttft"]
+        lines.append(
+            f"- At {t['rate_rps']:g} req/s (the highest rate round-robin keeps up with): "
+            f"P90 TTFT round-robin {p['round_robin_s'] * 1e3:,.0f} ms vs epp-precise "
+            f"{p['epp_precise_s'] * 1e3:,.0f} ms: {p['ratio']:.2f}x (target 3x: "
+            f"{'met' if p['met'] else 'not met'})"
+        )
+    if "throughput_at_equal_p90" in t:
+        q = t["throughput_at_equal_p90"]
+        lines.append(
+            f"- Throughput at equal P90 TTFT ({q['p90_ttft_s'] * 1e3:,.0f} ms): "
+            f"epp-precise {_f(q['epp_precise_tokens_per_s'], '{:,.0f}')} vs round-robin "
+            f"{q['round_robin_tokens_per_s']:,.0f} output tok/s: {_f(q['ratio'], '{:.2f}')}x "
+            f"({q['how']}; target 2x: {'met' if q['met'] else 'not met'})"
+        )
+    v = t.get("vs_vllm_router") or {}
+    if "ratio" in v:
+        lines.append(
+            f"- vs vllm-router's best ({v['best_policy']}): P90 TTFT "
+            f"{v['vllm_router_p90_s'] * 1e3:,.0f} ms vs {v['epp_precise_p90_s'] * 1e3:,.0f} ms"
+            f": {v['ratio']:.2f}x (target 1.2x: {'met' if v['met'] else 'not met'})"
+        )
+    elif v:
+        lines.append(f"- vs vllm-router: {v.get('note')}")
+    return lines
 
 
 def _clean(obj: Any) -> Any:
