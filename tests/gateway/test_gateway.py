@@ -83,6 +83,8 @@ def _engine_app(name: str) -> Starlette:
             {
                 "engine": name,
                 "model": body["model"],
+                "raw_path": request.scope["raw_path"].decode(),
+                "query": request.scope["query_string"].decode(),
                 "headers": {
                     k: v
                     for k, v in request.headers.items()
@@ -268,6 +270,17 @@ async def test_routes_through_bbr_and_epp_to_the_picked_engine(stack: dict[str, 
         assert doc["headers"]["x-request-id"] == "r-1"
         assert doc["headers"]["traceparent"].startswith("00-")  # the gateway span propagates
         assert r.headers["x-served-by"] == stack[engine]
+
+
+async def test_the_path_and_query_reach_the_engine_as_the_client_sent_them(
+    stack: dict[str, Any],
+) -> None:
+    r = await stack["client"].post(
+        "/v1/chat/completions?api-version=2024%2F10&x=a+b", json=_chat("one")
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["raw_path"] == "/v1/chat/completions"
+    assert r.json()["query"] == "api-version=2024%2F10&x=a+b"
 
 
 async def test_falls_back_along_the_picked_list_and_reports_the_served_endpoint(

@@ -30,6 +30,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from yarl import URL
 
 from llmd.gateway.config import GatewayConfig
 
@@ -58,7 +59,7 @@ log = get_logger("llmd.gateway")
 
 # Failures that happen before the upstream sent a response header: the request can go to the next
 # endpoint without the client seeing anything (inference requests have no side effects to repeat).
-# (ClientOSError covers refused connections, ClientConnectorError, and resets.)
+# ClientOSError covers a refused connect (its subclass ClientConnectorError) and a reset.
 _RETRYABLE = (
     aiohttp.ClientOSError,
     aiohttp.ServerDisconnectedError,
@@ -256,7 +257,11 @@ class Gateway:
             for attempt in (1, 2):
                 try:
                     response = await self.http.request(
-                        method, f"http://{endpoint}{path}", headers=fwd, data=body or None
+                        method,
+                        # encoded: the path and query go upstream as the client sent them
+                        URL(f"http://{endpoint}{path}", encoded=True),
+                        headers=fwd,
+                        data=body or None,
                     )
                     return response, endpoint
                 except _RETRYABLE as exc:
