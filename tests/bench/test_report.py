@@ -162,11 +162,44 @@ def test_des_targets_anchor_on_round_robins_last_rate_without_a_backlog() -> Non
     assert t["rate_rps"] == 10
     assert t["p90_ttft"]["ratio"] == pytest.approx(5.0)
     q = t["throughput_at_equal_p90"]
-    # epp-precise reaches round-robin's 0.5 s P90 halfway between 20 and 30 req/s.
+    # epp-precise reaches round-robin's 0.5 s P90 halfway between 20 and 30 req/s: it sustains
+    # 25 req/s where round-robin sustains 10, whatever the runs' output tokens/s.
     assert q["how"] == "interpolated"
+    assert q["epp_precise_rate_rps"] == pytest.approx(25)
     assert q["epp_precise_tokens_per_s"] == pytest.approx(2450)
-    assert q["ratio"] == pytest.approx(2.45) and q["met"]
+    assert q["ratio"] == pytest.approx(2.5) and q["met"]
     v = t["vs_vllm_router"]
     assert v["best_policy"] == "vllm-router-cache" and v["ratio"] == pytest.approx(1.5)
     text = "\n".join(report.target_lines(t))
-    assert "2.45x" in text and "target 2x: met" in text
+    assert "sustains 25 req/s vs round-robin's 10: 2.50x" in text and "target 2x: met" in text
+
+
+def test_throughput_at_equal_p90_is_a_lower_bound_when_ours_never_reaches_that_p90() -> None:
+    rows = [
+        _des("round-robin", 8, 10, 0.4, 500, 1),
+        _des("round-robin", 8, 20, 1.0, 800, 2),
+        _des("epp-precise", 8, 10, 0.2, 500, 1),
+        _des("epp-precise", 8, 20, 0.3, 800, 1),
+        _des("epp-precise", 8, 40, 0.4, 900, 1),
+    ]
+    t = report.targets(report.des_cells(rows)[8])
+    assert t["rate_rps"] == 20
+    q = t["throughput_at_equal_p90"]
+    assert q["how"].startswith("lower bound")
+    assert (q["epp_precise_rate_rps"], q["round_robin_rate_rps"]) == (40, 20)
+    assert q["ratio"] == pytest.approx(2.0) and q["met"]
+    assert q["epp_precise_tokens_per_s"] == 900
+
+
+def test_a_p90_that_dips_at_a_higher_rate_counts_from_the_highest_rate_within_it() -> None:
+    # Traces differ per rate, so a P90 can be lower at a higher rate; the sustained rate is the
+    # highest one within the level, not an interpolation across the dip.
+    rows = [
+        _des("epp-precise", 8, 24, 1.4, 700, 1),
+        _des("epp-precise", 8, 32, 0.8, 530, 1),
+    ]
+    rate, tput, how = report.sustained_at(rows, 1.3)
+    assert (rate, tput) == (32, 530) and how.startswith("lower bound")
+    rate, _, how = report.sustained_at([*rows, _des("epp-precise", 8, 48, 2.8, 800, 1)], 1.3)
+    assert how == "interpolated" and rate == pytest.approx(32 + 16 * 0.5 / 2.0)
+    assert report.sustained_at(rows, 0.5)[2].startswith("over that P90")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -89,14 +88,3 @@ def completes(summary: dict[str, Any], *, unloaded_e2e_s: float) -> bool:
     if math.isnan(drain):
         return False
     return bool(drain <= 0.1 * span + 2.0 * unloaded_e2e_s)
-
-
-def interpolate(points: Sequence[tuple[float, float]], x: float) -> float | None:
-    """y at `x` on the piecewise-linear curve through `points` (sorted by x); None outside."""
-    pts = sorted(p for p in points if not (math.isnan(p[0]) or math.isnan(p[1])))
-    for (x0, y0), (x1, y1) in itertools.pairwise(pts):
-        if x0 <= x <= x1:
-            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
-    if pts and x == pts[0][0]:
-        return pts[0][1]
-    return None
