@@ -46,6 +46,7 @@ class EPPSettings:
     plugin_timing_every: int = 8
     seed: int = -1
     drain_timeout: str = "5s"
+    shutdown_delay: str = "0s"
 
     @property
     def source_kind(self) -> str:
@@ -81,7 +82,9 @@ class EPPSettings:
             raise ConfigError(f"--{name.replace('_', '-')}: {exc}") from None
 
 
-_DURATIONS = ("refresh_metrics_interval", "queue_ttl", "drain_timeout")
+_DURATIONS = ("refresh_metrics_interval", "queue_ttl", "drain_timeout", "shutdown_delay")
+# Durations where 0 means "none" rather than "unset".
+_ZERO_ALLOWED = ("drain_timeout", "shutdown_delay")
 
 _HELP = {
     "host": "address to bind the gRPC and metrics servers",
@@ -110,6 +113,8 @@ _HELP = {
     "plugin_timing_every": "time plugins on one decision in N (1: every decision)",
     "seed": "random seed for pickers (-1: random)",
     "drain_timeout": "on SIGTERM, how long open streams may finish",
+    "shutdown_delay": "on SIGTERM, how long to keep accepting streams while health reports "
+    "NOT_SERVING, so the gateway stops sending here before the port closes (e.g. 5s)",
 }
 
 
@@ -162,7 +167,7 @@ def parse_settings(
     for name in _DURATIONS:
         value = settings.duration(name)
         # 0 would read as "unset" and silently fall back to the default.
-        if value is not None and value <= 0 and name != "drain_timeout":
+        if value is not None and value <= 0 and name not in _ZERO_ALLOWED:
             flag = "--" + name.replace("_", "-")
             raise ConfigError(f"{flag}: must be positive, got {getattr(settings, name)!r}")
     return settings

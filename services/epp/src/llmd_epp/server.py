@@ -205,6 +205,12 @@ class EPP:
     async def stop(self) -> None:
         grace = self.settings.duration("drain_timeout") or 0.0
         self.health.shutdown()
+        delay = self.settings.duration("shutdown_delay") or 0.0
+        if delay > 0 and self.grpc is not None:
+            # Health says NOT_SERVING, but Envoy learns that (or that the pod left the Service)
+            # only after a while: refusing streams now would fail the requests it still sends.
+            log.info("epp stopping after the shutdown delay", delay_s=delay)
+            await asyncio.sleep(delay)
         if self.grpc is not None:
             await self.grpc.stop(grace)
         for t in self._tasks:

@@ -60,6 +60,8 @@ def run_bad(*args: str) -> subprocess.CompletedProcess[str]:
         (["--endpoints", "1.2.3.4:5", "--drain-timeout", "soon", "--grpc-port", "0",
           "--grpc-health-port", "0", "--metrics-port", "0"],
          "llmd-epp: --drain-timeout: not a duration"),
+        (["--endpoints", "1.2.3.4:5", "--shutdown-delay=-1s", "--grpc-port", "0"],
+         "llmd-epp: --shutdown-delay: not a duration"),
         (["--endpoints", "1.2.3.4:5", "--refresh-metrics-interval", "0s"],
          "llmd-epp: --refresh-metrics-interval: must be positive, got '0s'"),
         (["--endpoints-file", "/nonexistent/endpoints.yaml"],
@@ -133,6 +135,42 @@ async def test_serves_and_stops_gracefully_on_sigterm(engines: list[Engine]) -> 
         code = await asyncio.to_thread(proc.wait, 15)
         assert code == 0
         assert proc.stdout is not None and "epp stopping" in proc.stdout.read()
+    finally:
+        stop_procs([proc])
+
+
+async def test_keeps_serving_through_the_shutdown_delay_while_not_ready(
+    engines: list[Engine],
+) -> None:
+    grpc_port, health_port = free_port(), free_port()
+    args = ["--endpoints", ",".join(e.key for e in engines), "--grpc-port", str(grpc_port),
+            "--grpc-health-port", str(health_port), "--metrics-port", "0",
+            "--config-file", str(EXAMPLES / "default.yaml"), "--shutdown-delay", "4s",
+            "--drain-timeout", "2s"]  # fmt: skip
+    proc = spawn(*args, capture=True)
+    try:
+        serving = health_pb2.HealthCheckResponse.SERVING
+
+        async def ready() -> bool:
+            return await health(health_port, "readiness") == serving
+
+        async def not_ready() -> bool:
+            return await health(health_port, "readiness") != serving
+
+        await until(ready, 30, "EPP readiness")
+        proc.send_signal(signal.SIGTERM)
+        await until(not_ready, 10, "NOT_SERVING after SIGTERM")
+        # The gateway may still send a request before it sees the pod go: it is served.
+        assert proc.poll() is None
+        driver = Driver(f"127.0.0.1:{grpc_port}")
+        try:
+            out = await driver.send({"model": "m", "prompt": "hello there " * 20})
+        finally:
+            await driver.close()
+        assert out.status == 200 and out.endpoint is not None
+        code = await asyncio.to_thread(proc.wait, 20)
+        assert code == 0
+        assert proc.stdout is not None and "shutdown delay" in proc.stdout.read()
     finally:
         stop_procs([proc])
 
