@@ -46,20 +46,11 @@ def des_cells(rows: Sequence[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]
     out: dict[int, list[dict[str, Any]]] = {}
     for r in rows:
         name = "vllm-router-cache" if r["router"].startswith("vllm-router-cache") else r["router"]
-        out.setdefault(int(r["engines"]), []).append({**r, "router": name})
+        # The simulator serves every request.
+        cell = {**r, "router": name, "succeeded": r["requests"]}
+        out.setdefault(int(r["engines"]), []).append(cell)
     for cells in out.values():
-        for rows_of in _by_router(cells).values():
-            unloaded = _num(rows_of[0]["e2e_p50_s"])
-            for c in rows_of:
-                c["completes"] = completes(
-                    {
-                        "requests": c["requests"],
-                        "succeeded": c["requests"],  # the simulator serves every request
-                        "drain_s": _num(c.get("drain_s")),
-                        "arrival_span_s": _num(c.get("arrival_span_s")),
-                    },
-                    unloaded_e2e_s=0.0 if math.isnan(unloaded) else unloaded,
-                )
+        mark_completion(cells)
     return out
 
 
