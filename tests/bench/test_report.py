@@ -172,6 +172,14 @@ def test_des_targets_anchor_on_round_robins_last_rate_without_a_backlog() -> Non
     assert v["best_policy"] == "vllm-router-cache" and v["ratio"] == pytest.approx(1.5)
     text = "\n".join(report.target_lines(t))
     assert "sustains 25 req/s vs round-robin's 10: 2.50x" in text and "target 2x: met" in text
+    table = [
+        {**r, "ttft_p50_s": 0.1, "ttft_p99_s": 1.0, "e2e_p99_s": 2.0, "prefix_hit_rate": 0.5,
+         "busiest_engine_share": 0.1}
+        for r in rows
+    ]  # fmt: skip
+    md = report.markdown({"des": {"rows": table, "targets": {"64": t}}})
+    assert "Targets in the discrete-event mode, 64 engines (vllm-router-cache is our model" in md
+    assert "sustains 25 req/s" in md
 
 
 def test_throughput_at_equal_p90_is_a_lower_bound_when_ours_never_reaches_that_p90() -> None:

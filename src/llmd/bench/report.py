@@ -267,7 +267,12 @@ def markdown(doc: dict[str, Any]) -> str:
                 f"{_f(r['prefix_hit_rate'], '{:.2f}')} | {_f(r['busiest_engine_share'], '{:.3f}')} |"
             )
         for engines, t in sorted((des.get("targets") or {}).items(), key=lambda kv: int(kv[0])):
-            lines += ["", f"Targets in the discrete-event mode, {engines} engines:", ""]
+            lines += [
+                "",
+                f"Targets in the discrete-event mode, {engines} engines (vllm-router-cache is "
+                "our model of its cache_aware policy):",
+                "",
+            ]
             lines += target_lines(t)
     elif des.get("skipped"):
         lines += ["", f"Discrete-event mode skipped: {des['skipped']}"]
