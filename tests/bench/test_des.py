@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from llmd.bench import des
+from llmd.bench import des, report
 from llmd.bench.workload import WorkloadSpec, build_trace
 
 SPEC = WorkloadSpec(
@@ -91,3 +91,26 @@ def test_run_des_reports_every_router_on_the_same_trace() -> None:
     by = {r["router"]: r for r in rows}
     # Prefix-aware policies find the shared system prompts that round-robin scatters.
     assert by["epp-precise"]["prefix_hit_rate"] > by["round-robin"]["prefix_hit_rate"]
+
+
+def test_the_probe_runs_epp_precise_at_twice_round_robins_anchor_when_the_reading_is_a_bound() -> (
+    None
+):
+    from llmd.bench.cli import _des_probes
+
+    opts = des.DesOptions(
+        engines=[4], rates_per_engine=[1.0], base=SPEC, base_engines=2, num_gpu_blocks=512
+    )
+    rows = des.run_des(opts, ("round-robin", "epp-precise"), log=lambda _m: None)
+    # epp-precise within round-robin's P90 at the only rate tested: a 1.00x lower bound.
+    assert report.probe_rate(report.targets(report.des_cells(rows)[4])) == 8.0
+    probes = _des_probes(opts, rows, log=lambda _m: None)
+    assert [(r["router"], r["rate_rps"], r["probe"]) for r in probes] == [
+        ("epp-precise", 8.0, True)
+    ]
+    t = report.targets(report.des_cells(rows + probes)[4])
+    q = t["throughput_at_equal_p90"]
+    # Settled either way: within round-robin's P90 at 8 req/s (2x, met) or interpolated short.
+    assert q["met"] == (q["ratio"] >= 2.0)
+    assert q["how"] == "interpolated" or q["epp_precise_rate_rps"] == 8.0
+    assert report.probe_rate(t) is None

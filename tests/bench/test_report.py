@@ -129,30 +129,32 @@ def test_epp_cells_run_the_dev_gateway_with_the_chosen_response_body_mode(
     assert picker["parameters"]["maxNumOfEndpoints"] == 2
 
 
-def _des(router: str, engines: int, rate: float, p90: float, tput: float, drain: float) -> dict:
+def _des(router: str, engines: int, rate: float, p90: float, tput: float, p50: float) -> dict:
     return {
         "engines": engines,
         "router": router,
         "rate_rps": rate,
         "requests": 600,
+        "ttft_p50_s": p50,
         "ttft_p90_s": p90,
         "e2e_p50_s": 1.0,
         "output_tokens_per_s": tput,
         "arrival_span_s": 600 / rate,
-        "drain_s": drain,
+        # The trace's thin tail drains any backlog before the last arrival: not a criterion.
+        "drain_s": 1.0,
     }
 
 
 def test_des_targets_anchor_on_round_robins_last_rate_without_a_backlog() -> None:
     rows = [
-        # Round-robin: 600 requests at 10 req/s arrive over 60 s and drain 2 s after the last;
-        # at 20 req/s they drain 20 s after it: a backlog (allowed: 3 s + 2 x 1 s).
-        _des("round-robin", 64, 10, 0.5, 1000, 2),
-        _des("round-robin", 64, 20, 4.0, 1200, 20),
-        _des("epp-precise", 64, 10, 0.1, 1000, 1),
-        _des("epp-precise", 64, 20, 0.3, 2000, 1),
-        _des("epp-precise", 64, 30, 0.7, 2900, 1),
-        _des("vllm-router-cache (model)", 64, 10, 0.15, 1000, 1),
+        # Round-robin: median TTFT 0.3 s at 10 req/s; at 20 req/s 2 s, over 2 x 0.3 + 0.1 s:
+        # its median request queues, so it no longer keeps up.
+        _des("round-robin", 64, 10, 0.5, 1000, 0.3),
+        _des("round-robin", 64, 20, 4.0, 1200, 2.0),
+        _des("epp-precise", 64, 10, 0.1, 1000, 0.05),
+        _des("epp-precise", 64, 20, 0.3, 2000, 0.06),
+        _des("epp-precise", 64, 30, 0.7, 2900, 0.08),
+        _des("vllm-router-cache (model)", 64, 10, 0.15, 1000, 0.05),
     ]
     by_engines = report.des_cells(rows)
     assert list(by_engines) == [64]
@@ -172,23 +174,29 @@ def test_des_targets_anchor_on_round_robins_last_rate_without_a_backlog() -> Non
     assert v["best_policy"] == "vllm-router-cache" and v["ratio"] == pytest.approx(1.5)
     text = "\n".join(report.target_lines(t))
     assert "sustains 25 req/s vs round-robin's 10: 2.50x" in text and "target 2x: met" in text
+    assert t["round_robin_keeps_up"]["rates_rps"] == [10]
+    assert "TTFT p50 within 2x its 300 ms at 10 req/s + 100 ms = 700 ms) at: 10 req/s" in text
     table = [
-        {**r, "ttft_p50_s": 0.1, "ttft_p99_s": 1.0, "e2e_p99_s": 2.0, "prefix_hit_rate": 0.5,
+        {**r, "ttft_p99_s": 1.0, "e2e_p99_s": 2.0, "prefix_hit_rate": 0.5,
          "busiest_engine_share": 0.1}
         for r in rows
     ]  # fmt: skip
     md = report.markdown({"des": {"rows": table, "targets": {"64": t}}})
     assert "Targets in the discrete-event mode, 64 engines (vllm-router-cache is our model" in md
     assert "sustains 25 req/s" in md
+    assert (
+        "| 64 | round-robin | 20 | 2,000 | 4,000 | 1,000 | 2.00 | 1,200 | 0.50 | 0.100 | no |" in md
+    )
+    assert "| 64 | vllm-router-cache (model) | 10 |" in md
 
 
 def test_throughput_at_equal_p90_is_a_lower_bound_when_ours_never_reaches_that_p90() -> None:
     rows = [
-        _des("round-robin", 8, 10, 0.4, 500, 1),
-        _des("round-robin", 8, 20, 1.0, 800, 2),
-        _des("epp-precise", 8, 10, 0.2, 500, 1),
-        _des("epp-precise", 8, 20, 0.3, 800, 1),
-        _des("epp-precise", 8, 40, 0.4, 900, 1),
+        _des("round-robin", 8, 10, 0.4, 500, 0.3),
+        _des("round-robin", 8, 20, 1.0, 800, 0.5),
+        _des("epp-precise", 8, 10, 0.2, 500, 0.05),
+        _des("epp-precise", 8, 20, 0.3, 800, 0.05),
+        _des("epp-precise", 8, 40, 0.4, 900, 0.06),
     ]
     t = report.targets(report.des_cells(rows)[8])
     assert t["rate_rps"] == 20
@@ -211,3 +219,22 @@ def test_a_p90_that_dips_at_a_higher_rate_counts_from_the_highest_rate_within_it
     rate, _, how = report.sustained_at([*rows, _des("epp-precise", 8, 48, 2.8, 800, 1)], 1.3)
     assert how == "interpolated" and rate == pytest.approx(32 + 16 * 0.5 / 2.0)
     assert report.sustained_at(rows, 0.5)[2].startswith("over that P90")
+
+
+def test_a_probe_is_asked_for_only_when_the_throughput_reading_is_a_bound_short_of_2x() -> None:
+    bound = {"how": "lower bound: within that P90 up to its highest tested rate", "met": False,
+             "round_robin_rate_rps": 32.0}  # fmt: skip
+    assert report.probe_rate({"throughput_at_equal_p90": bound}) == 64.0
+    assert report.probe_rate({"throughput_at_equal_p90": {**bound, "met": True}}) is None
+    assert report.probe_rate({"throughput_at_equal_p90": {**bound, "how": "interpolated"}}) is None
+    assert report.probe_rate({"note": "round-robin completed at no tested rate"}) is None
+    cells = [
+        {**_live("round-robin", 0.9), "ttft_p50_s": 0.3},
+        {**_live("epp-precise", 0.3), "ttft_p50_s": 0.1},
+        {**_live("epp-precise", 0.5), "ttft_p50_s": 0.1, "rate_rps": 8.0, "probe": True},
+    ]
+    for c in cells:
+        c.update(ttft_p99_s=1.0, itl_p50_s=0.01, e2e_p99_s=1.0, prefix_hit_rate=0.5,
+                 overhead_added_p50_ms=1.0)  # fmt: skip
+    md = report.markdown({"live": {"cells": cells, "targets": report.targets(cells)}})
+    assert "| epp-precise (probe) | 8 |" in md and report.PROBE_NOTE in md

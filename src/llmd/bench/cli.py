@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--smoke", action="store_true", help="a tiny run for CI (< ~30 s)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (%(default)s)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--no-probe",
+        action="store_true",
+        help="do not run epp-precise once more at twice round-robin's anchor rate when its "
+        "throughput at equal P90 is only a lower bound (on by default; off with --smoke)",
+    )
     live = p.add_argument_group("live run")
     live.add_argument("--engines", type=int, default=4, help="llmd-sim processes (4)")
     live.add_argument("--rates", type=_floats, help="requests/s, model time (4,8,16,24)")
@@ -116,6 +123,7 @@ def _run(args: argparse.Namespace) -> int:
         des_opts = des_mode.DesOptions(
             engines=[8], rates_per_engine=[2.0], base=spec, base_engines=2, num_gpu_blocks=2048
         )
+        args.no_probe = True
     else:
         spec = WorkloadSpec(
             seed=args.seed,
@@ -168,6 +176,18 @@ def _run(args: argparse.Namespace) -> int:
             print(f"llmd bench: {exc}", file=sys.stderr)
             return 1
         report.mark_completion(cells)
+        extra = None if args.no_probe else report.probe_rate(report.targets(cells))
+        if extra is not None and report.OURS in routers and extra not in rates:
+            log(f"live: {report.OURS} once more at {extra:g} req/s (the throughput probe)")
+            try:
+                more, _ = run_live_sync(
+                    opts, [report.OURS], [extra], lambda r: build_trace(spec, r), sink, log=log
+                )
+            except StartError as exc:
+                print(f"llmd bench: {exc}", file=sys.stderr)
+                return 1
+            cells += [{**c, "probe": True} for c in more]
+            report.mark_completion(cells)
         doc["live"] = {
             "options": {
                 "engines": opts.engines,
@@ -197,6 +217,8 @@ def _run(args: argparse.Namespace) -> int:
                 },
                 "rows": des_mode.run_des(des_opts, des_routers(args.routers), log=log),
             }
+            if not args.no_probe:
+                doc["des"]["rows"] += _des_probes(des_opts, doc["des"]["rows"], log)
             doc["des"]["targets"] = {
                 str(n): report.targets(cells)
                 for n, cells in report.des_cells(doc["des"]["rows"]).items()
@@ -218,6 +240,27 @@ def _run(args: argparse.Namespace) -> int:
     print(md)
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}" + "".join(f", {p}" for p in pngs))
     return 0
+
+
+def _des_probes(
+    des_opts: Any, rows: list[dict[str, Any]], log: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    """epp-precise at twice round-robin's anchor rate, per engine count whose throughput
+    reading is only a lower bound short of the target (`report.probe_rate`)."""
+    from dataclasses import replace
+
+    from llmd.bench import des as des_mode
+    from llmd.bench import report
+
+    out: list[dict[str, Any]] = []
+    for n, cells in report.des_cells(rows).items():
+        extra = report.probe_rate(report.targets(cells))
+        if extra is None or any(c["rate_rps"] == extra for c in cells):
+            continue
+        log(f"discrete-event mode: {report.OURS} at {extra:g} req/s, {n} engines (the probe)")
+        probe = replace(des_opts, engines=[n], rates_per_engine=[extra / n])
+        out += [{**r, "probe": True} for r in des_mode.run_des(probe, [report.OURS], log=log)]
+    return out
 
 
 def des_routers(chosen: list[str] | None) -> list[str]:

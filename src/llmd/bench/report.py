@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from llmd.bench.stats import completes
+from llmd.bench.stats import KEEP_UP_FACTOR, KEEP_UP_SLACK_S, completes
 
 BASELINE, OURS = "round-robin", "epp-precise"
 PEERS = ("vllm-router-cache", "vllm-router-kv")
@@ -28,26 +28,26 @@ def _by_router(cells: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]
 
 
 def mark_completion(cells: Sequence[dict[str, Any]]) -> None:
-    """Set `completes` on every cell (unloaded latency: the router's lowest-rate p50 e2e)."""
+    """Set `completes` on every cell (`stats.completes`; the unloaded TTFT is the router's p50
+    at its lowest tested rate, so the sweep should start at a light rate)."""
     for rows in _by_router(cells).values():
-        unloaded = _num(rows[0]["e2e_p50_s"])
+        unloaded = _num(rows[0]["ttft_p50_s"])
         for c in rows:
-            c["completes"] = completes(c, unloaded_e2e_s=0.0 if math.isnan(unloaded) else unloaded)
+            c["completes"] = completes(c, unloaded_ttft_s=0.0 if math.isnan(unloaded) else unloaded)
 
 
 def des_cells(rows: Sequence[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
     """The discrete-event rows as `targets` cells, per engine count.
 
-    A router keeps up at a rate by the live criterion (`stats.completes`: the last request ends
-    within 10% of the arrivals' span plus twice the router's lowest-rate p50 end-to-end latency
-    after the last arrival), in virtual time. The vllm-router row is our model of its
-    `cache_aware` policy.
+    A router keeps up at a rate by the live criterion (`stats.completes`: its median TTFT within
+    twice its median at its lowest rate plus 100 ms), in virtual time. The vllm-router row is
+    our model of its `cache_aware` policy.
     """
     out: dict[int, list[dict[str, Any]]] = {}
     for r in rows:
         name = "vllm-router-cache" if r["router"].startswith("vllm-router-cache") else r["router"]
         # The simulator serves every request.
-        cell = {**r, "router": name, "succeeded": r["requests"]}
+        cell = {**r, "router": name, "label": r["router"], "succeeded": r["requests"]}
         out.setdefault(int(r["engines"]), []).append(cell)
     for cells in out.values():
         mark_completion(cells)
@@ -89,6 +89,13 @@ def targets(cells: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if not base or not ours:
         out["note"] = "round-robin and epp-precise are both needed for the targets"
         return out
+    ref = _num(base[0].get("ttft_p50_s"))
+    out["round_robin_keeps_up"] = {
+        "reference_rate_rps": base[0]["rate_rps"],
+        "reference_ttft_p50_s": ref,
+        "limit_ttft_p50_s": KEEP_UP_FACTOR * ref + KEEP_UP_SLACK_S,
+        "rates_rps": [c["rate_rps"] for c in done],
+    }
     if not done:
         out["note"] = "round-robin completed at no tested rate; lower the rates"
         return out
@@ -154,6 +161,24 @@ def targets(cells: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+PROBE_NOTE = (
+    "(probe): epp-precise run once more at twice the rate round-robin last keeps up with, "
+    "because at every rate of the sweep it stayed within round-robin's P90 there "
+    "(throughput at equal P90 would otherwise be only a lower bound)."
+)
+
+
+def probe_rate(t: dict[str, Any]) -> float | None:
+    """The rate to run epp-precise at once more when its throughput at equal P90 is only a
+    lower bound short of the target (within round-robin's P90 at every rate tested, which stop
+    below twice round-robin's): twice round-robin's anchor rate settles it. None otherwise."""
+    q = t.get("throughput_at_equal_p90") or {}
+    if not str(q.get("how", "")).startswith("lower bound") or q.get("met"):
+        return None
+    rate = _num(q.get("round_robin_rate_rps"))
+    return None if math.isnan(rate) else 2.0 * rate
+
+
 def error_notes(cells: Sequence[dict[str, Any]]) -> list[str]:
     """One line per cell with failed requests: how many, by status, and why (sampled)."""
     out = []
@@ -201,6 +226,12 @@ def _ms(v: Any) -> str:
     return "-" if math.isnan(x) else f"{x * 1e3:,.0f}"
 
 
+def _rate(v: Any) -> str:
+    """A rate as the sweep names it (32, 8.5): an interpolated one to 0.1 req/s."""
+    x = _num(v)
+    return "-" if math.isnan(x) else f"{round(x, 1):g}"
+
+
 def _f(v: Any, fmt: str = "{:,.1f}") -> str:
     x = _num(v)
     return "-" if math.isnan(x) else fmt.format(x)
@@ -235,7 +266,8 @@ def markdown(doc: dict[str, Any]) -> str:
         ]
         for c in sorted(cells, key=lambda c: (c["rate_rps"], c["router"])):
             lines.append(
-                f"| {c['router']} | {c['rate_rps']:g} | {c['succeeded']}/{c['requests']} | "
+                f"| {c['router']}{' (probe)' if c.get('probe') else ''} | {c['rate_rps']:g} | "
+                f"{c['succeeded']}/{c['requests']} | "
                 f"{_ms(c['ttft_p50_s'])} | {_ms(c['ttft_p90_s'])} | {_ms(c['ttft_p99_s'])} | "
                 f"{_f(_num(c['itl_p50_s']) * 1e3)} | {_f(c['e2e_p50_s'], '{:.2f}')} | "
                 f"{_f(c['e2e_p99_s'], '{:.2f}')} | {_f(c['output_tokens_per_s'], '{:,.0f}')} | "
@@ -243,6 +275,8 @@ def markdown(doc: dict[str, Any]) -> str:
                 f"{_f(c['overhead_added_p50_ms'], '{:.2f}')} | "
                 f"{'yes' if c.get('completes') else 'no'} |"
             )
+        if any(c.get("probe") for c in cells):
+            lines.append(f"\n{PROBE_NOTE}")
         for router, why in (live.get("skipped") or {}).items():
             lines.append(f"\n{router}: skipped: {why}")
         for note in kv_index_notes(cells) + error_notes(cells):
@@ -256,16 +290,21 @@ def markdown(doc: dict[str, Any]) -> str:
             "### Discrete-event mode (vllm-sim cluster, virtual time)",
             "",
             "| engines | router | rate req/s | TTFT p50 ms | p90 | p99 | e2e p99 s | out tok/s | "
-            "hit rate | busiest engine share |",
-            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "hit rate | busiest engine share | keeps up |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|:-:|",
         ]
-        for r in des["rows"]:
+        marked = [c for cells in des_cells(des["rows"]).values() for c in cells]
+        for r in marked:
             lines.append(
-                f"| {r['engines']} | {r['router']} | {r['rate_rps']:g} | {_ms(r['ttft_p50_s'])} | "
+                f"| {r['engines']} | {r['label']}{' (probe)' if r.get('probe') else ''} | "
+                f"{r['rate_rps']:g} | {_ms(r['ttft_p50_s'])} | "
                 f"{_ms(r['ttft_p90_s'])} | {_ms(r['ttft_p99_s'])} | "
                 f"{_f(r['e2e_p99_s'], '{:.2f}')} | {_f(r['output_tokens_per_s'], '{:,.0f}')} | "
-                f"{_f(r['prefix_hit_rate'], '{:.2f}')} | {_f(r['busiest_engine_share'], '{:.3f}')} |"
+                f"{_f(r['prefix_hit_rate'], '{:.2f}')} | {_f(r['busiest_engine_share'], '{:.3f}')} | "
+                f"{'yes' if r.get('completes') else 'no'} |"
             )
+        if any(r.get("probe") for r in marked):
+            lines += ["", PROBE_NOTE]
         for engines, t in sorted((des.get("targets") or {}).items(), key=lambda kv: int(kv[0])):
             lines += [
                 "",
@@ -282,6 +321,15 @@ def markdown(doc: dict[str, Any]) -> str:
 def target_lines(t: dict[str, Any]) -> list[str]:
     """The Markdown bullets of one `targets` result."""
     lines: list[str] = []
+    if "round_robin_keeps_up" in t:
+        k = t["round_robin_keeps_up"]
+        rates = ", ".join(f"{r:g}" for r in k["rates_rps"]) or "none"
+        lines.append(
+            f"- Round-robin keeps up (every request served, TTFT p50 within "
+            f"{KEEP_UP_FACTOR:g}x its {_ms(k['reference_ttft_p50_s'])} ms at "
+            f"{k['reference_rate_rps']:g} req/s + {KEEP_UP_SLACK_S * 1e3:.0f} ms = "
+            f"{_ms(k['limit_ttft_p50_s'])} ms) at: {rates} req/s"
+        )
     if "note" in t:
         lines.append(f"- {t['note']}")
     if "p90_ttft" in t:
@@ -296,8 +344,8 @@ def target_lines(t: dict[str, Any]) -> list[str]:
         q = t["throughput_at_equal_p90"]
         lines.append(
             f"- Throughput at equal P90 TTFT ({q['p90_ttft_s'] * 1e3:,.0f} ms): epp-precise "
-            f"sustains {_f(q.get('epp_precise_rate_rps'), '{:g}')} req/s vs round-robin's "
-            f"{_f(q.get('round_robin_rate_rps'), '{:g}')}: {_f(q['ratio'], '{:.2f}')}x "
+            f"sustains {_rate(q.get('epp_precise_rate_rps'))} req/s vs round-robin's "
+            f"{_rate(q.get('round_robin_rate_rps'))}: {_f(q['ratio'], '{:.2f}')}x "
             f"({q['how']}; target 2x: {'met' if q['met'] else 'not met'}); output tok/s over "
             f"those runs {_f(q['epp_precise_tokens_per_s'], '{:,.0f}')} vs "
             f"{_f(q['round_robin_tokens_per_s'], '{:,.0f}')}"

@@ -78,13 +78,24 @@ def summarize(
     }
 
 
-def completes(summary: dict[str, Any], *, unloaded_e2e_s: float) -> bool:
-    """A router keeps up at a rate when every request succeeded and no backlog built up: the
-    last request finished within 10% of the trace's span plus twice the unloaded end-to-end
-    latency (the router's own p50 at its lowest rate) after it arrived."""
+# A router keeps up while its median TTFT stays within this factor of the unloaded one, plus
+# this slack (model seconds), so that noise on a small TTFT is not read as a backlog.
+KEEP_UP_FACTOR = 2.0
+KEEP_UP_SLACK_S = 0.1
+
+
+def completes(summary: dict[str, Any], *, unloaded_ttft_s: float) -> bool:
+    """A router keeps up at a rate when every request succeeded and requests are not queueing:
+    the median TTFT is within `KEEP_UP_FACTOR` times the unloaded median TTFT plus
+    `KEEP_UP_SLACK_S`.
+
+    Not the drain after the last arrival: the trace's arrivals thin out at its end (the last
+    turns of conversations, seconds of think time apart), so every backlog has drained by then,
+    and a router whose median request waited seconds in queue looked like one that kept up.
+    """
     if summary["requests"] == 0 or summary["succeeded"] != summary["requests"]:
         return False
-    drain, span = summary["drain_s"], summary["arrival_span_s"]
-    if math.isnan(drain):
+    ttft = summary["ttft_p50_s"]
+    if math.isnan(ttft):
         return False
-    return bool(drain <= 0.1 * span + 2.0 * unloaded_e2e_s)
+    return bool(ttft <= KEEP_UP_FACTOR * unloaded_ttft_s + KEEP_UP_SLACK_S)
