@@ -90,21 +90,25 @@ def build_trace(spec: WorkloadSpec, rate_rps: float) -> list[ChatTurn]:
         f"You are assistant #{g} of the benchmark. " + _text(rng, vocab, spec.system_words)
         for g in range(spec.groups)
     ]
-    # Content does not depend on the rate; arrival times do (their own generator).
-    arrivals = random.Random(f"{spec.seed}/arrivals/{rate_rps}")
+    # Content does not depend on the rate; arrival times do, through common random numbers:
+    # at every rate the same conversations start in the same order, at times that scale with
+    # 1/rate, and keep the same think times. A higher rate is the same trace compressed, so a
+    # sweep's rates differ in load, not in the luck of the draw.
+    starts = random.Random(f"{spec.seed}/starts")
+    thinks = random.Random(f"{spec.seed}/thinks")
     session_rate = rate_rps / spec.turns
     order = list(range(spec.conversations))
     rng.shuffle(order)
     turns: list[ChatTurn] = []
     start = 0.0
     for conv in order:
-        start += arrivals.expovariate(session_rate)
+        start += starts.expovariate(1.0) / session_rate
         group = conv % spec.groups
         history: list[dict[str, str]] = [{"role": "system", "content": systems[group]}]
         t = start
         for k in range(spec.turns):
             if k:
-                t += arrivals.expovariate(1.0 / spec.think_time_s)
+                t += thinks.expovariate(1.0 / spec.think_time_s)
             question = f"User {conv}, question {k}: " + _text(rng, vocab, spec.question_words)
             history.append({"role": "user", "content": question})
             turns.append(
