@@ -327,8 +327,8 @@ def run_des(
                     "output_tokens_per_s": s["output_tokens_per_s"],
                     "sim_time_s": s["sim_time_s"],
                     "arrival_span_s": last - first,
-                    # From the last arrival to the last completion (virtual time): grows with
-                    # the backlog when the router cannot keep up.
+                    # From the last arrival to the last completion (virtual time); reported,
+                    # not a keep-up test (`stats.completes` says why).
                     "drain_s": s["sim_time_s"] - last,
                     "prefix_hit_rate": s["prefix_hit_rate"],
                     "preemptions": s["preemptions"],

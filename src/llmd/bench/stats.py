@@ -60,8 +60,8 @@ def summarize(
         "achieved_rps": achieved,
         "span_s": span,
         "arrival_span_s": arrival_span,
-        # From the last arrival to the last completion: grows with the backlog when the
-        # router cannot keep up.
+        # From the last arrival to the last completion. Reported, not a keep-up test: this
+        # trace's arrivals thin out at its end, so a backlog has drained by then (`completes`).
         "drain_s": drain,
         "ttft_p50_s": percentile(ttft, 50),
         "ttft_p90_s": percentile(ttft, 90),
