@@ -12,6 +12,8 @@ from llmd.bench.stats import KEEP_UP_FACTOR, KEEP_UP_SLACK_S, completes
 
 BASELINE, OURS = "round-robin", "epp-precise"
 PEERS = ("vllm-router-cache", "vllm-router-kv")
+# How `sustained_at` says its reading is only a lower bound; `probe_rate` looks for it.
+LOWER_BOUND = "lower bound: within that P90 up to its highest tested rate"
 
 
 def _num(v: Any) -> float:
@@ -64,11 +66,7 @@ def sustained_at(rows: Sequence[dict[str, Any]], p90_s: float) -> tuple[float, f
     i = within[-1]
     lo = rows[i]
     if i == len(rows) - 1:
-        return (
-            float(lo["rate_rps"]),
-            _num(lo["output_tokens_per_s"]),
-            "lower bound: within that P90 up to its highest tested rate",
-        )
+        return float(lo["rate_rps"]), _num(lo["output_tokens_per_s"]), LOWER_BOUND
     hi = rows[i + 1]
     p_lo, p_hi = _num(lo["ttft_p90_s"]), _num(hi["ttft_p90_s"])
     f = (p90_s - p_lo) / (p_hi - p_lo) if p_hi > p_lo else 0.0
@@ -173,7 +171,7 @@ def probe_rate(t: dict[str, Any]) -> float | None:
     lower bound short of the target (within round-robin's P90 at every rate tested, which stop
     below twice round-robin's): twice round-robin's anchor rate settles it. None otherwise."""
     q = t.get("throughput_at_equal_p90") or {}
-    if not str(q.get("how", "")).startswith("lower bound") or q.get("met"):
+    if q.get("how") != LOWER_BOUND or q.get("met"):
         return None
     rate = _num(q.get("round_robin_rate_rps"))
     return None if math.isnan(rate) else 2.0 * rate
