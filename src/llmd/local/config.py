@@ -46,7 +46,8 @@ class _Model(BaseModel):
 
 # The EndpointPickerConfig every pool gets unless the file says otherwise: llm-d's precise
 # prefix-cache routing (kvmanager's view of the engines' KV events), plus queue depth and KV
-# utilisation so that load still spreads when no engine holds the prefix.
+# utilisation so that load still spreads, and a prompt no engine holds goes to the engine least
+# recently given one (no-hit-lru-scorer) rather than to a load tie broken at random.
 PRECISE_PREFIX_EPP_CONFIG: dict[str, Any] = {
     "apiVersion": "inference.networking.x-k8s.io/v1alpha1",
     "kind": "EndpointPickerConfig",
@@ -55,6 +56,10 @@ PRECISE_PREFIX_EPP_CONFIG: dict[str, Any] = {
         {"type": "precise-prefix-cache-scorer"},
         {"type": "queue-scorer"},
         {"type": "kv-cache-utilization-scorer"},
+        {
+            "type": "no-hit-lru-scorer",
+            "parameters": {"prefixPluginName": "precise-prefix-cache-scorer"},
+        },
         # Two endpoints: the second is the fallback the gateway tries if the first fails.
         {"type": "max-score-picker", "parameters": {"maxNumOfEndpoints": 2}},
     ],
@@ -65,6 +70,7 @@ PRECISE_PREFIX_EPP_CONFIG: dict[str, Any] = {
                 {"pluginRef": "precise-prefix-cache-scorer", "weight": 3},
                 {"pluginRef": "queue-scorer", "weight": 1},
                 {"pluginRef": "kv-cache-utilization-scorer", "weight": 1},
+                {"pluginRef": "no-hit-lru-scorer", "weight": 1},
                 {"pluginRef": "max-score-picker"},
             ],
         }
