@@ -132,3 +132,4 @@ def test_config_loads_in_the_real_epp(rendered: Render) -> None:
     loaded = load(config_text(rendered), source="llmd-epp-config")
     declared = {p.get("name", p["type"]) for p in config(rendered)["plugins"]}
     assert set(loaded.plugins) == declared
+    assert loaded.warnings == []  # e.g. a plugin reading a prefix plugin the config lacks

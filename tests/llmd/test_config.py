@@ -28,6 +28,22 @@ def test_the_example_is_two_models_four_replicas_one_lora() -> None:
     assert "precise-prefix-cache-scorer" in types
 
 
+def test_the_shipped_epp_configs_load_in_the_real_epp_without_warnings() -> None:
+    from llmd_epp.pickerconfig import load_picker_config
+
+    from llmd.bench.live import PRECISE_EPP, UPSTREAM_DEFAULT_EPP
+    from llmd.local.config import PRECISE_PREFIX_EPP_CONFIG
+
+    docs = {
+        "examples/local.yaml": load_config(EXAMPLE).epp_config,
+        "llmd up default": PRECISE_PREFIX_EPP_CONFIG,
+        "bench epp-precise": PRECISE_EPP,
+        "bench epp-default": UPSTREAM_DEFAULT_EPP,
+    }
+    for source, doc in docs.items():
+        assert load_picker_config(yaml.safe_dump(doc), source=source).warnings == [], source
+
+
 @pytest.mark.parametrize(
     ("doc", "message"),
     [

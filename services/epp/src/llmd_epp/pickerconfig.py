@@ -164,6 +164,8 @@ class PickerConfig:
     flow_control: FlowControlConfig
     feature_gates: list[str]
     spec: EndpointPickerConfigSpec
+    # Legal but probably not meant (one line each; the service logs them at start-up).
+    warnings: list[str] = field(default_factory=list)
 
 
 DEFAULT_CONFIG = f"""
@@ -252,6 +254,15 @@ def load_picker_config(
         )
     scheduler = Scheduler(profiles, handler, list(plugins.values()))
     data_source, extractor = _data_source(spec, plugins, source)
+    # A plugin that reads another's prefix-cache state by name (`prefixPluginName`) finds
+    # nothing when that name is not in the config, and silently runs as if every request
+    # were cold (no-hit-lru-scorer: every request spread by LRU; P/D: always disaggregate).
+    warnings = [
+        f"{source}: plugin {name!r} (type {plugin.TYPE!r}): prefix plugin {ref!r} is not in "
+        "this config, so it sees no prefix-cache data"
+        for name, plugin in plugins.items()
+        if (ref := getattr(plugin, "prefix_plugin", "")) and ref not in plugins
+    ]
     return PickerConfig(
         scheduler=scheduler,
         plugins=plugins,
@@ -261,6 +272,7 @@ def load_picker_config(
         flow_control=_flow_control(spec, plugins, source),
         feature_gates=list(spec.featureGates),
         spec=spec,
+        warnings=warnings,
     )
 
 

@@ -47,6 +47,8 @@ class EPP:
         self.worker = int(os.environ.get(WORKER_ENV, "0"))
         self.reuse_port = WORKER_ENV in os.environ
         self.picker = self._load_picker()
+        for warning in self.picker.warnings:
+            log.warning("config warning", detail=warning)
         interval = settings.duration("refresh_metrics_interval")
         if interval and self.picker.data_source is not None:
             self.picker.data_source.refresh_interval = interval

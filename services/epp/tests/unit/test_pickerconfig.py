@@ -105,7 +105,29 @@ def test_default_config_when_none_given() -> None:
 
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
 def test_examples_load(path: Path) -> None:
-    load_picker_config(path.read_text(), source=path.name)
+    cfg = load_picker_config(path.read_text(), source=path.name)
+    assert cfg.warnings == []
+
+
+def test_a_prefix_plugin_name_not_in_the_config_is_a_warning_naming_both() -> None:
+    # no-hit-lru-scorer reads `prefix-cache-scorer` by default; here the prefix plugin is the
+    # precise one, so without prefixPluginName every request would count as cold.
+    body = HEAD + (
+        "plugins:\n"
+        "- {type: precise-prefix-cache-scorer}\n"
+        "- {type: no-hit-lru-scorer}\n"
+        "- {type: no-hit-lru-scorer, name: lru2, parameters: "
+        "{prefixPluginName: precise-prefix-cache-scorer}}\n"
+        "schedulingProfiles:\n"
+        "- name: default\n"
+        "  plugins: [{pluginRef: precise-prefix-cache-scorer}, {pluginRef: no-hit-lru-scorer},"
+        " {pluginRef: lru2}]\n"
+    )
+    cfg = load_picker_config(body, source="c.yaml")
+    assert cfg.warnings == [
+        "c.yaml: plugin 'no-hit-lru-scorer' (type 'no-hit-lru-scorer'): prefix plugin "
+        "'prefix-cache-scorer' is not in this config, so it sees no prefix-cache data"
+    ]
 
 
 def test_inline_saturation_thresholds_and_injected_defaults_off() -> None:
