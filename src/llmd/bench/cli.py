@@ -80,6 +80,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="the EPP's ext_proc response body mode in the dev gateway: FULL_DUPLEX_STREAMED "
         "(the Inference Extension's, default) or NONE (request path only)",
     )
+    live.add_argument(
+        "--driver",
+        choices=["builtin", "inference-perf"],
+        default="builtin",
+        help="the load: the bench's client replaying its seeded trace (builtin, default), or "
+        "inference-perf's shared-prefix multi-turn generator at the same shape and rates",
+    )
+    live.add_argument(
+        "--inference-perf",
+        metavar="PATH",
+        help="the inference-perf program (default: `inference-perf` on PATH; it needs Python 3.12)",
+    )
     live.add_argument("--no-live", action="store_true", help="only the discrete-event mode")
     work = p.add_argument_group("workload")
     work.add_argument("--groups", type=int, default=32, help="system prompts (32)")
@@ -107,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from llmd.bench import des as des_mode
     from llmd.bench import report
-    from llmd.bench.live import ROUTERS, EngineOptions, run_live_sync
+    from llmd.bench.inference_perf import InferencePerfDriver, InferencePerfError, find_executable
+    from llmd.bench.live import MODEL, ROUTERS, EngineOptions, run_live_sync
     from llmd.bench.workload import WorkloadSpec, build_trace
     from llmd.local.logs import LogSink
     from llmd.local.supervisor import StartError
@@ -166,13 +179,28 @@ def _run(args: argparse.Namespace) -> int:
         "machine": _machine(),
     }
     if not args.no_live:
-        log(f"live: {opts.engines} engines, routers {', '.join(routers)}, rates {rates}")
+        driver = None
+        if args.driver == "inference-perf":
+            try:
+                driver = InferencePerfDriver(
+                    find_executable(args.inference_perf),
+                    spec,
+                    model=MODEL,
+                    time_scale=opts.time_scale,
+                )
+            except InferencePerfError as exc:
+                print(f"llmd bench: {exc}", file=sys.stderr)
+                return 2
+        log(
+            f"live: {opts.engines} engines, routers {', '.join(routers)}, rates {rates}, "
+            f"load from {args.driver}"
+        )
         sink = LogSink(sys.stderr, fmt="console", level="warning")
         try:
             cells, skipped = run_live_sync(
-                opts, routers, rates, lambda r: build_trace(spec, r), sink, log=log
+                opts, routers, rates, lambda r: build_trace(spec, r), sink, log=log, driver=driver
             )
-        except StartError as exc:
+        except (StartError, InferencePerfError) as exc:
             print(f"llmd bench: {exc}", file=sys.stderr)
             return 1
         report.mark_completion(cells)
@@ -181,9 +209,15 @@ def _run(args: argparse.Namespace) -> int:
             log(f"live: {report.OURS} once more at {extra:g} req/s (the throughput probe)")
             try:
                 more, _ = run_live_sync(
-                    opts, [report.OURS], [extra], lambda r: build_trace(spec, r), sink, log=log
+                    opts,
+                    [report.OURS],
+                    [extra],
+                    lambda r: build_trace(spec, r),
+                    sink,
+                    log=log,
+                    driver=driver,
                 )
-            except StartError as exc:
+            except (StartError, InferencePerfError) as exc:
                 print(f"llmd bench: {exc}", file=sys.stderr)
                 return 1
             cells += [{**c, "probe": True} for c in more]
@@ -195,6 +229,7 @@ def _run(args: argparse.Namespace) -> int:
                 "kv_blocks_per_engine": opts.num_gpu_blocks,
                 "latency_profile": opts.latency_profile or "llmd-sim default",
                 "epp_response_body": opts.epp_response_body,
+                "driver": args.driver,
                 "rates": rates,
                 "routers": routers,
             },

@@ -4,7 +4,8 @@ N `llmd-sim` engines (calibrated latency profile, time-scaled) run for the whole
 binding its own KV-event PUB socket; kvmanager subscribes to all of them. Per cell the engines'
 prefix caches are reset (`POST /reset_prefix_cache`, which also clears kvmanager's view through
 the engines' AllBlocksCleared events), the router under test is started, its overhead probed,
-the trace replayed, the engines' own counters read, and the router stopped.
+the trace replayed (or, with `--driver inference-perf`, inference-perf's load run: see
+`llmd.bench.inference_perf`), the engines' own counters read, and the router stopped.
 
 Routers:
     round-robin          a plain HTTP round-robin proxy (a Kubernetes Service)
@@ -34,6 +35,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from llmd.bench.client import probe_latency, run_trace
+from llmd.bench.inference_perf import InferencePerfDriver
 from llmd.bench.stats import percentile, summarize
 from llmd.bench.workload import ChatTurn
 from llmd.local.logs import LogSink
@@ -455,8 +457,11 @@ async def run_cell(
     probe_requests: int = 20,
     timeout_s: float = 600.0,
     log: Callable[[str], None] = print,
+    driver: InferencePerfDriver | None = None,
 ) -> dict[str, Any]:
-    """One router at one rate: reset caches, start it, probe, replay, read counters, stop."""
+    """One router at one rate: reset caches, start it, probe, replay, read counters, stop.
+
+    The load is the bench's own client replaying `trace`, or `driver` (inference-perf)."""
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-{router}-", dir=cluster.workdir))
     specs, url = cluster.router_specs(router, workdir)
     sup = Supervisor(specs, cluster.sink)
@@ -472,9 +477,12 @@ async def run_cell(
             before = await cluster.counters(client)
             spread0 = await cluster.per_engine_successes(client)
             t = time.perf_counter()
-            results, wall = await run_trace(
-                url, trace, model=MODEL, time_scale=scale, timeout_s=timeout_s
-            )
+            if driver is None:
+                results, wall = await run_trace(
+                    url, trace, model=MODEL, time_scale=scale, timeout_s=timeout_s
+                )
+            else:
+                results, wall = await driver.run(url, rate, workdir)
             log(f"  {router} @ {rate:g} req/s: {len(results)} requests in {wall:.1f}s real")
             after = await cluster.counters(client)
             spread1 = await cluster.per_engine_successes(client)
@@ -517,6 +525,7 @@ async def run_live(
     trace_for: Callable[[float], list[ChatTurn]],
     sink: LogSink,
     log: Callable[[str], None] = print,
+    driver: InferencePerfDriver | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Every (router, rate) cell on one set of engines; returns the cells and skipped routers."""
     cells: list[dict[str, Any]] = []
@@ -531,7 +540,9 @@ async def run_live(
                 if router in skipped:
                     continue
                 try:
-                    cells.append(await run_cell(cluster, router, rate, trace, log=log))
+                    cells.append(
+                        await run_cell(cluster, router, rate, trace, log=log, driver=driver)
+                    )
                 except RouterUnavailable as exc:
                     skipped[router] = str(exc)
                     log(f"  {router}: skipped: {exc}")

@@ -258,6 +258,14 @@ def markdown(doc: dict[str, Any]) -> str:
             "EPP response body mode in the dev gateway: "
             f"{opts.get('epp_response_body', 'FULL_DUPLEX_STREAMED')}",
             "",
+            "Load: "
+            + (
+                "inference-perf's shared-prefix multi-turn generator (same groups, users, "
+                "prompt lengths and rates; its own prompt text)"
+                if opts.get("driver") == "inference-perf"
+                else "the bench's seeded trace, replayed by its own client"
+            ),
+            "",
             "| router | rate req/s | ok | TTFT p50 ms | p90 | p99 | ITL p50 ms | e2e p50 s | "
             "e2e p99 s | out tok/s | hit rate | overhead p50 ms | keeps up |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|",
