@@ -85,7 +85,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         choices=["builtin", "inference-perf"],
         default="builtin",
         help="the load: the bench's client replaying its seeded trace (builtin, default), or "
-        "inference-perf's shared-prefix multi-turn generator at the same shape and rates",
+        "inference-perf's shared-prefix generator at the same shape and rates",
     )
     live.add_argument(
         "--inference-perf",

@@ -4,16 +4,22 @@ inference-perf (kubernetes-sigs, PyPI `inference-perf`, Python >= 3.12) is the l
 of the Gateway API Inference Extension's benchmarks. It runs as its own program, from its own
 Python 3.12 environment: found on PATH as `inference-perf`, or named with `--inference-perf`.
 
-Each (router, rate) cell runs it once against the router's URL with a config that mirrors the
-bench's workload as closely as its `shared_prefix` generator allows: the same number of groups
-and users per group, system prompts and questions of the same length in tokens (measured with
-the SDK's built-in tokenizer, which inference-perf also loads, from its directory), the same
-output length, multi-turn sessions (each user's next request carries its history), Poisson
-arrivals at the cell's rate for as long as the trace's number of requests takes. The prompts
-are inference-perf's own random text, not the bench's seeded trace, and a turn's history holds
-the engine's actual answer; so the two drivers' numbers are comparable in shape, not request
-for request. Its per-request records (`per_request_lifecycle_metrics.json`) become the bench's
-`Result`s, so the report, the targets and the plots are the same for either driver.
+Each (router, rate) cell runs it once against the router's URL with its `shared_prefix`
+generator set to the bench's workload shape: the same number of groups and users per group,
+system prompts and questions of the same length in tokens (measured with the SDK's built-in
+tokenizer, which inference-perf also loads, from its directory), the same output length and
+seed, Poisson arrivals at the cell's rate for as long as the trace's number of requests takes.
+Each user's prompt (its group's system prompt and its question) is sent `turns` times on
+average, the users in turn, as inference-perf cycles through its prompts.
+
+Not its multi-turn mode: there each round appends the whole prompt, system prompt included, to
+the session's history, so a session's prompts grow by a system prompt per turn (measured: 14.4k
+tokens per request on average against the trace's 7.7k, and every router overloaded at 8
+req/s; `benchmarks/data/routing/dec07-inference-perf-multiturn`). The prompts are
+inference-perf's own random text, not the bench's seeded trace, and histories do not grow: the
+two drivers are comparable in shape, not request for request. inference-perf's per-request
+records (`per_request_lifecycle_metrics.json`) become the bench's `Result`s, so the report, the
+targets and the plots are the same for either driver.
 """
 
 from __future__ import annotations
@@ -96,8 +102,12 @@ def config_for(
             "stages": [
                 {"rate": real_rate, "duration": max(1, math.ceil(spec.requests / real_rate))}
             ],
+            # One worker process (the default is one per CPU, which competes with the routers
+            # and engines on a small machine), and no cap on requests in flight that an
+            # overloaded router could reach: arrivals stay open-loop, as the builtin driver's.
+            "num_workers": 1,
+            "worker_max_concurrency": 4096,
         },
-        # Multi-turn sessions go out as completions carrying the whole history.
         "api": {"type": "completion", "streaming": True},
         "server": {"type": "vllm", "model_name": model, "base_url": url, "ignore_eos": True},
         "tokenizer": {"pretrained_model_name_or_path": str(BUILTIN_TOKENIZER_DIR)},
@@ -110,7 +120,8 @@ def config_for(
                 "question_len": question_tokens,
                 "output_len": spec.output_tokens,
                 "seed": spec.seed,
-                "enable_multi_turn_chat": True,
+                # Single-turn: see the module docstring for why not its multi-turn mode.
+                "enable_multi_turn_chat": False,
             },
         },
         "report": {"request_lifecycle": {"summary": True, "per_stage": False, "per_request": True}},

@@ -260,8 +260,8 @@ def markdown(doc: dict[str, Any]) -> str:
             "",
             "Load: "
             + (
-                "inference-perf's shared-prefix multi-turn generator (same groups, users, "
-                "prompt lengths and rates; its own prompt text)"
+                "inference-perf's shared-prefix generator (same groups, users, prompt lengths "
+                "and rates; its own prompt text; each user's prompt repeated, not extended)"
                 if opts.get("driver") == "inference-perf"
                 else "the bench's seeded trace, replayed by its own client"
             ),
