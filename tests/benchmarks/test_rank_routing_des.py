@@ -6,28 +6,16 @@ Timings are never asserted; the benchmark reports them.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def load_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "rank_routing_des", ROOT / "benchmarks" / "rank_routing_des.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_smoke_run_writes_rows_for_every_router(tmp_path: Path) -> None:
-    bench = load_bench()
+def test_smoke_run_writes_rows_for_every_router(
+    load_benchmark: Callable[[str], ModuleType], tmp_path: Path
+) -> None:
+    bench = load_benchmark("rank_routing_des")
     out = tmp_path / "des.json"
     assert bench.main(["--smoke", "--seed", "3", "--out", str(out)]) == 0
     doc = json.loads(out.read_text())

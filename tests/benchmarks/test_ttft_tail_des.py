@@ -5,34 +5,23 @@ Timings are never asserted; the benchmark reports them.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
+import pytest
 from llmd_sim.cluster import RequestRecord
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "ttft_tail_des", ROOT / "benchmarks" / "ttft_tail_des.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _rec(rid: str, engine: int, arrival: float, ttft: float, cached: int) -> RequestRecord:
     return RequestRecord(rid, engine, arrival, 1000, 8, cached, arrival + ttft, arrival + 1, 0)
 
 
-def test_tail_counts_cold_requests_and_the_warm_ones_that_arrived_during_their_prefill() -> None:
-    bench = load_bench()
+def test_tail_counts_cold_requests_and_the_warm_ones_that_arrived_during_their_prefill(
+    load_benchmark: Callable[[str], ModuleType],
+) -> None:
+    bench = load_benchmark("ttft_tail_des")
     records = [
         _rec("cold", 0, 0.0, 0.24, 0),  # prefills on engine 0 from 0.0 to 0.24
         _rec("behind", 0, 0.1, 0.18, 900),  # warm, arrived on engine 0 mid-prefill
@@ -52,10 +41,12 @@ def test_tail_counts_cold_requests_and_the_warm_ones_that_arrived_during_their_p
     }
 
 
-def test_guide_config_is_the_bench_profile_without_the_no_hit_lru_scorer() -> None:
+def test_guide_config_is_the_bench_profile_without_the_no_hit_lru_scorer(
+    load_benchmark: Callable[[str], ModuleType],
+) -> None:
     from llmd.bench.live import PRECISE_EPP
 
-    bench = load_bench()
+    bench = load_benchmark("ttft_tail_des")
     guide = bench.guide_config()
     types = [p["type"] for p in guide["plugins"]]
     assert "no-hit-lru-scorer" not in types
@@ -67,8 +58,10 @@ def test_guide_config_is_the_bench_profile_without_the_no_hit_lru_scorer() -> No
     assert any(p["type"] == "no-hit-lru-scorer" for p in PRECISE_EPP["plugins"])
 
 
-def test_smoke_run_reports_every_subject_on_one_trace_against_the_model(tmp_path: Path) -> None:
-    bench = load_bench()
+def test_smoke_run_reports_every_subject_on_one_trace_against_the_model(
+    load_benchmark: Callable[[str], ModuleType], tmp_path: Path
+) -> None:
+    bench = load_benchmark("ttft_tail_des")
     out = tmp_path / "tail.json"
     assert bench.main(["--smoke", "--out", str(out)]) == 0
     doc = json.loads(out.read_text())
@@ -83,8 +76,10 @@ def test_smoke_run_reports_every_subject_on_one_trace_against_the_model(tmp_path
     assert rows["round-robin"]["cold"] > rows["epp-precise"]["cold"]
 
 
-def test_bad_rates_are_one_line_naming_the_flag(capsys) -> None:  # type: ignore[no-untyped-def]
-    bench = load_bench()
+def test_bad_rates_are_one_line_naming_the_flag(
+    load_benchmark: Callable[[str], ModuleType], capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench = load_benchmark("ttft_tail_des")
     assert bench.main(["--rates", "fast"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("--rates:") and "\n" not in err
